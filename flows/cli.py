@@ -1,0 +1,165 @@
+"""The ``webvse`` command: one subcommand per pipeline step.
+
+Composition only: every subcommand parses its flags and calls a function of
+``tasks``. Expected failures (bad configuration, missing or corrupt files) end with a
+one-line ``webvse: error: ...`` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from storage.checkpoints import CheckpointError
+from storage.layout import DataRoot
+from storage.tables import TableError
+from tasks.evaluation import evaluate_run, format_table, stack_runs
+from tasks.training import DataSource, RunSettings, default_stage2, train_run
+from webvse_model.datasets.synthetic import SyntheticSizes, generate_synthetic_precomp
+from webvse_model.metrics import PROTOCOLS
+from webvse_model.train import ConfigError, StageConfig
+
+NOT_YET_BUILT = ("keywords", "crawl", "features", "vectors", "run", "search", "flickr-server")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="data root (default $WEBVSE_DATA_ROOT or ./webvse-data)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and optimisation")
+    g.add_argument("--loss", choices=("vse", "vse++"), default="vse++", help="sum of negatives (VSE) or hardest (VSE++)")
+    g.add_argument("--lambda-tag", type=float, default=1.0, help="weight of L_IT in Stage I; 0 = baseline")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--lr-decay-every", type=int, default=10)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--stage2-epochs", type=int, default=0, help="Stage II epochs on web pairs (0 = no Stage II)")
+    g.add_argument("--no-curriculum", action="store_true", help="Stage II without the curriculum (ablation)")
+    g.add_argument("--embed-dim", type=int, default=1024)
+    g.add_argument("--hidden-dim", type=int, default=1024)
+    g.add_argument("--word-dim", type=int, default=300)
+    g.add_argument("--gru-hidden", type=int, default=1024)
+    g.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="webvse", description="Webly supervised joint embeddings for image-text retrieval.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train and evaluate on the embedded offline default")
+    _add_common(demo)
+    demo.add_argument("--epochs", type=int, default=8)
+    demo.add_argument("--stage2-epochs", type=int, default=4)
+
+    train = sub.add_parser("train", help="train on precomputed features (VSE++ precomp folder)")
+    _add_common(train)
+    train.add_argument("--precomp", required=True, help="folder with {train,dev,test}_ims.npy and _caps.txt")
+    train.add_argument("--run-id", default=None, help="run folder name under <data root>/runs (default: a timestamp)")
+    train.add_argument("--no-resume", action="store_true", help="start afresh even if the run has checkpoints")
+    train.add_argument("--captions-per-image", type=int, default=5)
+    _add_model_flags(train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoints")
+    _add_common(evaluate)
+    evaluate.add_argument("--run", default=None, help="run id or folder (default: the latest run)")
+    evaluate.add_argument("--split", default=None, help="split to evaluate (default: the run's test split)")
+    evaluate.add_argument("--protocol", choices=PROTOCOLS, default="all")
+
+    for name in NOT_YET_BUILT:
+        sub.add_parser(name, help="(not yet built)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    stage1 = StageConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        lr_decay_every=args.lr_decay_every,
+        batch_size=args.batch_size,
+        loss=args.loss,
+        lambda_tag=args.lambda_tag,
+        seed=args.seed,
+    )
+    stage2 = default_stage2(stage1, args.stage2_epochs, not args.no_curriculum) if args.stage2_epochs > 0 else None
+    return RunSettings(
+        stage1=stage1,
+        stage2=stage2,
+        embed_dim=args.embed_dim,
+        hidden_dim=args.hidden_dim,
+        word_dim=args.word_dim,
+        gru_hidden=args.gru_hidden,
+        device=args.device,
+    )
+
+
+def _resolve_run(root: DataRoot, run: str | None) -> Path:
+    if run is None:
+        latest = root.latest_run()
+        if latest is None:
+            raise FileNotFoundError(f"no runs under {root.runs_dir}; train one first (webvse train)")
+        return latest
+    candidate = Path(run)
+    return candidate if candidate.is_dir() else root.run_dir(run)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    root = DataRoot.resolve(args.data_root)
+    run_id = args.run_id or time.strftime("run-%Y%m%d-%H%M%S")
+    source = DataSource(args.precomp, captions_per_image=args.captions_per_image)
+    results = train_run(root.run_dir(run_id), source, _settings(args), resume=not args.no_resume)
+    for name, result in results.items():
+        print(f"{name}: best val rsum {result.best_rsum:.2f} at epoch {result.best_epoch}")
+    print(f"run folder: {root.run_dir(run_id)}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    run = _resolve_run(DataRoot.resolve(args.data_root), args.run)
+    print(format_table(evaluate_run(run, args.split, args.protocol, args.device)))
+    print(f"written: {run / 'evaluation.parquet'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Synthetic precomputed features -> baseline vs Stage I vs Stage II, one table."""
+    root = DataRoot.resolve(args.data_root)
+    precomp = root.root / "synthetic-precomp"
+    if not (precomp / "web_keyword_rank.npy").is_file():
+        generate_synthetic_precomp(precomp, SyntheticSizes())
+    source = DataSource(str(precomp))
+    small = dict(embed_dim=256, hidden_dim=512, word_dim=100, gru_hidden=256, device=args.device)
+    stage1 = StageConfig(epochs=args.epochs, lr_decay_every=max(1, args.epochs * 2 // 3))
+    variants = {
+        "demo-vsepp-baseline": RunSettings(stage1=replace(stage1, lambda_tag=0.0), **small),
+        "demo-webly-stage2": RunSettings(stage1=stage1, stage2=default_stage2(stage1, args.stage2_epochs), **small),
+    }
+    tables = {}
+    for run_id, settings in variants.items():
+        print(f"== {run_id}")
+        train_run(root.run_dir(run_id), source, settings)
+        tables[run_id.removeprefix("demo-")] = evaluate_run(root.run_dir(run_id), device=args.device)
+    print("\nTest split of the synthetic world (100 images x 5 captions):")
+    print(format_table(stack_runs(tables), label_column="variant"))
+    print(f"runs: {root.runs_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in NOT_YET_BUILT:
+        print(f"webvse {args.command}: not yet built (see the open issues)", file=sys.stderr)
+        return 2
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    try:
+        handlers[args.command](args)
+    except (ConfigError, CheckpointError, TableError, ValueError, FileNotFoundError) as exc:
+        print(f"webvse: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

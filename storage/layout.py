@@ -1,0 +1,95 @@
+"""DataRoot: every path of the data root, named in one place.
+
+Code never joins data-root paths by hand; it asks a :class:`DataRoot`. That keeps the
+layout of ``../shared/DESIGN.md`` true in one file, and makes a relocation (another
+disk, an object-store mount) a one-line change.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATA_ROOT = "webvse-data"
+DATA_ROOT_ENV = "WEBVSE_DATA_ROOT"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _checked_name(kind: str, name: str) -> str:
+    """Refuse names that could escape the data root (``..``, slashes, empties)."""
+    if not _SAFE_NAME.match(name) or name in {".", ".."}:
+        raise ValueError(f"{kind} {name!r} is not a safe folder name (letters, digits, '.', '_', '-')")
+    return name
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """The one folder holding everything a pipeline run makes."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, root: str | os.PathLike[str] | None = None) -> DataRoot:
+        """``root`` if given, else ``$WEBVSE_DATA_ROOT``, else ``./webvse-data``."""
+        chosen = root if root is not None else os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)
+        return cls(Path(chosen).expanduser().absolute())
+
+    # clean dataset -----------------------------------------------------------------
+    @property
+    def clean_dir(self) -> Path:
+        return self.root / "clean"
+
+    @property
+    def clean_images(self) -> Path:
+        return self.clean_dir / "images.parquet"
+
+    @property
+    def clean_captions(self) -> Path:
+        return self.clean_dir / "captions.parquet"
+
+    @property
+    def keywords(self) -> Path:
+        return self.root / "keywords.parquet"
+
+    # web corpus --------------------------------------------------------------------
+    @property
+    def web_dir(self) -> Path:
+        return self.root / "web"
+
+    @property
+    def web_photos(self) -> Path:
+        return self.web_dir / "photos.parquet"
+
+    @property
+    def web_images_dir(self) -> Path:
+        return self.web_dir / "images"
+
+    def web_image(self, sha256: str) -> Path:
+        """Content-addressed location of a downloaded photo."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.web_images_dir / sha256[:2] / f"{sha256}.jpg"
+
+    # features, vectors, runs -------------------------------------------------------
+    def features_dir(self, model_id: str) -> Path:
+        return self.root / "features" / _checked_name("model id", model_id)
+
+    @property
+    def vectors_dir(self) -> Path:
+        return self.root / "vectors"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / _checked_name("run id", run_id)
+
+    def latest_run(self) -> Path | None:
+        """The most recently modified run folder that holds a config, if any."""
+        if not self.runs_dir.is_dir():
+            return None
+        runs = [p for p in self.runs_dir.iterdir() if (p / "config.json").is_file()]
+        return max(runs, key=lambda p: (p / "config.json").stat().st_mtime, default=None)

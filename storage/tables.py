@@ -1,0 +1,181 @@
+"""Parquet tables with declared schemas: validated reads, atomic writes and appends.
+
+Every table the pipeline shares is declared here once, as a pyarrow schema. Writers
+cast to it (so a float64 column never silently becomes the contract), readers check
+it (so a stale or foreign file fails with its path and the offending columns, not a
+KeyError three modules later). Writes are atomic (see :mod:`storage.atomic`).
+Large, growing tables (features) are folders of shards: an append is a new shard file,
+so a crash loses at most the shard in flight and never corrupts the ones before it.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.atomic import atomic_write, atomic_write_bytes
+
+
+class TableError(ValueError):
+    """A table file is missing, unreadable or does not match its schema."""
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """A named Parquet schema; ``name`` appears in every error about it."""
+
+    name: str
+    schema: pa.Schema
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+
+CLEAN_IMAGES = TableSchema(
+    "clean/images",
+    pa.schema([("image_id", pa.string()), ("split", pa.string()), ("path", pa.string()), ("sha256", pa.string())]),
+)
+CLEAN_CAPTIONS = TableSchema(
+    "clean/captions",
+    pa.schema(
+        [
+            ("caption_id", pa.string()),
+            ("image_id", pa.string()),
+            ("split", pa.string()),
+            ("text", pa.string()),
+            ("tokens", pa.list_(pa.string())),
+            ("dummy_tags", pa.list_(pa.string())),
+        ]
+    ),
+)
+KEYWORDS = TableSchema(
+    "keywords",
+    pa.schema([("keyword", pa.string()), ("count", pa.int64()), ("rank", pa.int32()), ("variants", pa.list_(pa.string()))]),
+)
+RUN_METRICS = TableSchema(
+    "runs/metrics",
+    pa.schema(
+        [
+            ("stage", pa.string()),
+            ("epoch", pa.int32()),
+            ("train_loss", pa.float64()),
+            ("lr", pa.float64()),
+            ("seconds", pa.float64()),
+            ("rsum", pa.float64()),
+            ("i2t_r1", pa.float64()),
+            ("i2t_r5", pa.float64()),
+            ("i2t_r10", pa.float64()),
+            ("i2t_medr", pa.float64()),
+            ("i2t_meanr", pa.float64()),
+            ("t2i_r1", pa.float64()),
+            ("t2i_r5", pa.float64()),
+            ("t2i_r10", pa.float64()),
+            ("t2i_medr", pa.float64()),
+            ("t2i_meanr", pa.float64()),
+        ]
+    ),
+)
+
+
+def feature_schema(dim: int) -> TableSchema:
+    """Feature shards: one row per image content hash, a fixed-size float32 vector."""
+    if dim <= 0:
+        raise ValueError(f"feature dimension must be positive, got {dim}")
+    return TableSchema(
+        f"features[{dim}]",
+        pa.schema([("sha256", pa.string()), ("feature", pa.list_(pa.float32(), dim))]),
+    )
+
+
+def _to_arrow(frame: pd.DataFrame | pa.Table, spec: TableSchema, where: Path) -> pa.Table:
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    missing = [c for c in spec.columns if c not in table.column_names]
+    if missing:
+        raise TableError(f"{spec.name} for {where}: missing columns {missing}")
+    try:
+        return table.select(spec.columns).cast(spec.schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise TableError(f"{spec.name} for {where}: values do not fit the schema: {exc}") from exc
+
+
+def _serialise(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def write_table(path: str | Path, frame: pd.DataFrame | pa.Table, spec: TableSchema) -> Path:
+    """Validate ``frame`` against ``spec`` and replace ``path`` atomically."""
+    target = Path(path)
+    table = _to_arrow(frame, spec, target)
+    with atomic_write(target) as handle:
+        pq.write_table(table, handle, compression="zstd")
+    return target
+
+
+def read_arrow(path: str | Path, spec: TableSchema) -> pa.Table:
+    """Read ``path`` and check it has ``spec``'s columns with castable types."""
+    source = Path(path)
+    if not source.is_file():
+        raise TableError(f"{spec.name}: no table at {source}")
+    try:
+        table = pq.read_table(source)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TableError(f"{spec.name}: {source} is not a readable Parquet file: {exc}") from exc
+    return _to_arrow(table, spec, source)
+
+
+def read_table(path: str | Path, spec: TableSchema) -> pd.DataFrame:
+    """Read and validate a table as a DataFrame."""
+    return read_arrow(path, spec).to_pandas()
+
+
+def append_rows(path: str | Path, frame: pd.DataFrame, spec: TableSchema) -> Path:
+    """Append rows to a small table by an atomic rewrite (old rows are never at risk)."""
+    target = Path(path)
+    new = _to_arrow(frame, spec, target)
+    combined = pa.concat_tables([read_arrow(target, spec), new]) if target.exists() else new
+    atomic_write_bytes(target, _serialise(combined))
+    return target
+
+
+def append_shard(folder: str | Path, frame: pd.DataFrame | pa.Table, spec: TableSchema) -> Path:
+    """Write rows as a new shard in ``folder``; earlier shards are never rewritten."""
+    directory = Path(folder)
+    table = _to_arrow(frame, spec, directory)
+    target = directory / f"part-{uuid.uuid4().hex}.parquet"
+    atomic_write_bytes(target, _serialise(table))
+    return target
+
+
+def read_shards(folder: str | Path, spec: TableSchema) -> pa.Table:
+    """All shards of ``folder`` as one table (empty with the schema if none)."""
+    directory = Path(folder)
+    shards = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+    if not shards:
+        return spec.schema.empty_table()
+    return pa.concat_tables([read_arrow(shard, spec) for shard in shards])
+
+
+def features_matrix(table: pa.Table, dim: int) -> np.ndarray:
+    """The ``feature`` column of a feature table as a contiguous ``[rows, dim]`` float32 array."""
+    column = table.column("feature").combine_chunks()
+    values = column.values.to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(len(table), dim), dtype=np.float32)
+
+
+RUN_EVALUATION = TableSchema(
+    "runs/evaluation",
+    pa.schema(
+        [("stage", pa.string()), ("split", pa.string()), ("protocol", pa.string())]
+        + [(c, pa.float64()) for c in RUN_METRICS.columns if c.startswith(("i2t_", "t2i_")) or c == "rsum"]
+    ),
+)

@@ -1,0 +1,333 @@
+"""The training loop for both stages, with exact resume.
+
+* Stage I (``CaptionedImages``): ``lambda_sentence * L_IS + lambda_tag * L_IT`` on clean
+  image-caption pairs, the tags being the nouns and verbs of the image's captions;
+  ``lambda_tag = 0`` is the plain VSE / VSE++ baseline.
+* Stage II (``WebPairs``): ``L_IT`` only on web image-tag pairs, from Stage I's best
+  weights, at a tenth of the learning rate, drawing from a curriculum pool that grows
+  from frequent to rare keywords.
+
+Adam, step decay, gradient-norm clipping, validation (rsum on the clean validation
+split) every epoch, the best model kept, and a ``last`` checkpoint after every epoch
+holding everything needed to continue: model, optimizer, scheduler, epoch, best rsum,
+history and RNG state. Batch order is a pure function of ``(seed, epoch)``, so a
+resumed run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from storage.checkpoints import CheckpointStore
+from webvse_model.data import (
+    CaptionedImages,
+    CurriculumSchedule,
+    WebPairs,
+    batch_slices,
+    caption_batch,
+    epoch_order,
+)
+from webvse_model.encoders import JointEmbedding, ModelConfig
+from webvse_model.inference import evaluate_split
+from webvse_model.losses import LOSS_VARIANTS, ranking_loss
+from webvse_model.metrics import RetrievalMetrics
+
+CHECKPOINT_FORMAT = "webvse-checkpoint-1"
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the field."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Hyper-parameters of one training stage (defaults: the paper's Stage I)."""
+
+    name: str = "stage1"
+    epochs: int = 30
+    lr: float = 2e-4
+    lr_decay_every: int = 10
+    lr_decay: float = 0.1
+    batch_size: int = 128
+    grad_clip: float = 2.0
+    loss: str = "vse++"
+    margin: float = 0.2
+    lambda_sentence: float = 1.0
+    lambda_tag: float = 1.0
+    seed: int = 0
+    curriculum: CurriculumSchedule = field(default_factory=CurriculumSchedule)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{self.name}.{name} {rule}, got {getattr(self, name)!r}")
+
+        need(self.epochs >= 1, "epochs", "must be >= 1")
+        need(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number")
+        need(self.lr_decay_every >= 1, "lr_decay_every", "must be >= 1")
+        need(0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1]")
+        need(self.batch_size >= 2, "batch_size", "must be >= 2 (a ranking loss needs negatives)")
+        need(self.grad_clip > 0, "grad_clip", "must be > 0")
+        need(self.loss in LOSS_VARIANTS, "loss", f"must be one of {LOSS_VARIANTS}")
+        need(self.margin >= 0, "margin", "must be >= 0")
+        need(self.lambda_sentence >= 0, "lambda_sentence", "must be >= 0")
+        need(self.lambda_tag >= 0, "lambda_tag", "must be >= 0")
+        need(self.lambda_sentence + self.lambda_tag > 0, "lambda_tag", "and lambda_sentence cannot both be 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> StageConfig:
+        values = dict(values)
+        if isinstance(values.get("curriculum"), dict):
+            values["curriculum"] = CurriculumSchedule(**values["curriculum"])
+        unknown = set(values) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ConfigError(f"{values.get('name', 'stage')}: unknown settings {sorted(unknown)}")
+        return cls(**values)
+
+
+def stage2_defaults(stage1: StageConfig, epochs: int = 10) -> StageConfig:
+    """The paper's Stage II: L_IT only, lr / 10, same loss and batch size."""
+    return replace(stage1, name="stage2", epochs=epochs, lr=stage1.lr / 10, lambda_sentence=0.0, lambda_tag=1.0)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch did; ``metrics`` are on the validation split (empty without one)."""
+
+    stage: str
+    epoch: int
+    train_loss: float
+    lr: float
+    seconds: float
+    metrics: dict[str, float]
+
+    def to_row(self) -> dict[str, Any]:
+        return {"stage": self.stage, "epoch": self.epoch, "train_loss": self.train_loss, "lr": self.lr, "seconds": self.seconds, **self.metrics}
+
+
+@dataclass
+class StageResult:
+    stage: str
+    history: list[EpochRecord]
+    best_rsum: float
+    best_epoch: int
+    checkpoint_dir: Path
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` = CUDA when available, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _torch_save(obj: Any) -> Callable[[BinaryIO], None]:
+    return lambda handle: torch.save(obj, handle)
+
+
+def _torch_load(device: torch.device) -> Callable[[BinaryIO], Any]:
+    return lambda handle: torch.load(handle, map_location=device, weights_only=True)
+
+
+def save_model(store: CheckpointStore, name: str, model: JointEmbedding, meta: dict[str, Any]) -> None:
+    """Weights and model config only: what inference needs."""
+    payload = {"format": CHECKPOINT_FORMAT, "model_config": model.config.to_dict(), "model": model.state_dict(), "meta": meta}
+    store.save(name, _torch_save(payload), meta)
+
+
+def load_model(store: CheckpointStore, name: str = "best", device: torch.device | str = "cpu") -> JointEmbedding:
+    """Rebuild a :class:`JointEmbedding` from a checkpoint (``weights_only=True``)."""
+    payload = store.load(name, _torch_load(torch.device(device)))
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{store.folder / (name + '.pt')} is not a webvse checkpoint")
+    model = JointEmbedding(ModelConfig(**payload["model_config"])).to(device)
+    model.load_state_dict(payload["model"])
+    return model
+
+
+class Trainer:
+    """Runs one stage on one model; checkpoints under ``checkpoint_dir``."""
+
+    def __init__(
+        self,
+        model: JointEmbedding,
+        config: StageConfig,
+        checkpoint_dir: str | Path,
+        device: torch.device,
+        amp: bool = True,
+        on_epoch: Callable[[EpochRecord], None] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.model = model.to(device)
+        self.config = config
+        self.device = device
+        self.use_amp = amp and device.type == "cuda"
+        self.store = CheckpointStore(checkpoint_dir)
+        self.on_epoch = on_epoch
+        self.log = log
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_decay_every, gamma=config.lr_decay)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _state(self, next_epoch: int, best_rsum: float, best_epoch: int, history: list[EpochRecord]) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": self.model.config.to_dict(),
+            "stage_config": _plain(self.config.to_dict()),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "next_epoch": next_epoch,
+            "best_rsum": best_rsum,
+            "best_epoch": best_epoch,
+            "history": [asdict(r) for r in history],
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def _restore(self) -> tuple[int, float, int, list[EpochRecord]]:
+        state = self.store.load("last", _torch_load(self.device))
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{self.store.folder}/last.pt is not a webvse training checkpoint")
+        if state["model_config"] != self.model.config.to_dict():
+            raise ValueError(f"{self.store.folder}/last.pt was trained with another model shape: {state['model_config']}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        history = [EpochRecord(**r) for r in state["history"]]
+        return int(state["next_epoch"]), float(state["best_rsum"]), int(state["best_epoch"]), history
+
+    # ---------------------------------------------------------------- one epoch
+    def _loss(self, images: torch.Tensor, texts: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return ranking_loss(images.float(), texts.float(), ids, self.config.margin, self.config.loss)  # type: ignore[arg-type]
+
+    def _caption_step_loss(self, data: CaptionedImages, rows: np.ndarray) -> torch.Tensor:
+        cfg = self.config
+        batch = caption_batch(data, rows, self.device)
+        images = self.model.encode_images(batch.features)
+        loss = images.new_zeros((), dtype=torch.float32)
+        if cfg.lambda_sentence > 0:
+            captions = self.model.encode_captions(batch.tokens, batch.lengths)
+            loss = loss + cfg.lambda_sentence * self._loss(images, captions, batch.image_ids)
+        if cfg.lambda_tag > 0 and batch.tag_vectors is not None and batch.has_tags is not None:
+            mask = batch.has_tags
+            if int(mask.sum()) >= 2:
+                tags = self.model.encode_tags(batch.tag_vectors[mask])
+                loss = loss + cfg.lambda_tag * self._loss(images[mask], tags, batch.image_ids[mask])
+        return loss
+
+    def _web_step_loss(self, data: WebPairs, rows: np.ndarray) -> torch.Tensor:
+        features = torch.from_numpy(data.features[rows]).to(self.device, non_blocking=True)
+        tag_vectors = torch.from_numpy(data.tag_vectors[rows]).to(self.device, non_blocking=True)
+        ids = torch.from_numpy(rows).to(self.device)
+        return self.config.lambda_tag * self._loss(self.model.encode_images(features), self.model.encode_tags(tag_vectors), ids)
+
+    def _epoch_batches(self, train: CaptionedImages | WebPairs, epoch: int) -> list[np.ndarray]:
+        cfg = self.config
+        if isinstance(train, WebPairs):
+            pool = cfg.curriculum.pool(train.keyword_rank, epoch)
+            order = pool[epoch_order(len(pool), cfg.seed, epoch)]
+        else:
+            order = epoch_order(train.num_captions, cfg.seed, epoch)
+        return list(batch_slices(order, cfg.batch_size))
+
+    def _train_epoch(self, train: CaptionedImages | WebPairs, epoch: int) -> float:
+        self.model.train()
+        batches = self._epoch_batches(train, epoch)
+        if not batches:
+            raise ValueError(f"{self.config.name}: the training set yields no batch of >= 2 pairs")
+        total = 0.0
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for rows in batches:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                if isinstance(train, WebPairs):
+                    loss = self._web_step_loss(train, rows)
+                else:
+                    loss = self._caption_step_loss(train, rows)
+            self.optimizer.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+                self.optimizer.step()
+            total += float(loss.detach())
+        if not math.isfinite(total):
+            raise FloatingPointError(f"{self.config.name}: the training loss became {total} at epoch {epoch + 1}")
+        return total / len(batches)
+
+    # ---------------------------------------------------------------- the stage
+    def fit(
+        self,
+        train: CaptionedImages | WebPairs,
+        val: CaptionedImages | None,
+        captions_per_image: int = 5,
+        resume: bool = True,
+    ) -> StageResult:
+        """Train for ``config.epochs`` epochs (continuing from ``last`` if ``resume``)."""
+        cfg = self.config
+        if isinstance(train, WebPairs) and self.model.tag is None:
+            raise ConfigError(f"{cfg.name}: web pairs need a tag branch (model.tag_dim > 0)")
+        if isinstance(train, WebPairs) and cfg.lambda_tag <= 0:
+            raise ConfigError(f"{cfg.name}.lambda_tag must be > 0 on web pairs (Stage II trains L_IT only)")
+        if isinstance(train, CaptionedImages) and cfg.lambda_sentence <= 0 and train.tag_vectors is None:
+            raise ConfigError(f"{cfg.name}: lambda_sentence = 0 and no tag vectors leaves nothing to train")
+        if isinstance(train, CaptionedImages) and cfg.lambda_tag > 0 and train.tag_vectors is None:
+            self.log(f"{cfg.name}: no tag vectors in the training data; training L_IS only (the baseline)")
+            cfg = self.config = replace(cfg, lambda_tag=0.0)
+        if val is not None:
+            val.check_grouped(captions_per_image)
+
+        start_epoch, best_rsum, best_epoch, history = 0, -math.inf, 0, []
+        if resume and self.store.has("last"):
+            start_epoch, best_rsum, best_epoch, history = self._restore()
+            self.log(f"{cfg.name}: resuming at epoch {start_epoch + 1}/{cfg.epochs} (best rsum {best_rsum:.2f})")
+
+        for epoch in range(start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            loss = self._train_epoch(train, epoch)
+            self.scheduler.step()
+            metrics: dict[str, float] = {}
+            if val is not None:
+                result = evaluate_split(self.model, val, captions_per_image)
+                assert isinstance(result, RetrievalMetrics)
+                metrics = result.to_dict()
+            rsum = metrics.get("rsum", -loss)  # without validation, the lowest loss is "best"
+            record = EpochRecord(cfg.name, epoch + 1, loss, lr, time.perf_counter() - started, metrics)
+            history.append(record)
+            if rsum > best_rsum:
+                best_rsum, best_epoch = rsum, epoch + 1
+                save_model(self.store, "best", self.model, {"epoch": epoch + 1, "rsum": rsum, "stage": cfg.name})
+            self.store.save("last", _torch_save(self._state(epoch + 1, best_rsum, best_epoch, history)), {"epoch": epoch + 1})
+            self.log(
+                f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} lr {lr:.2g} "
+                + (f"val rsum {metrics['rsum']:.2f} " if metrics else "")
+                + f"({record.seconds:.1f}s)"
+            )
+            if self.on_epoch is not None:
+                self.on_epoch(record)
+        return StageResult(cfg.name, history, best_rsum, best_epoch, self.store.folder)
+
+
+def _plain(value: Any) -> Any:
+    """Config dicts as plain Python values, loadable with ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
