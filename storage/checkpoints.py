@@ -83,6 +83,16 @@ class CheckpointStore:
             for name, entry in self._read_manifest().items()
         }
 
+    def sweep_orphans(self) -> list[Path]:
+        """Delete temporary files left by a writer that was killed mid-write.
+
+        Call only while no other process writes to this folder (one trainer per run).
+        """
+        orphans = sorted(self.folder.glob(".*.tmp")) if self.folder.is_dir() else []
+        for orphan in orphans:
+            orphan.unlink(missing_ok=True)
+        return orphans
+
     def has(self, name: str) -> bool:
         return name in self._read_manifest()
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from storage.atomic import atomic_write_text
-from storage.tables import RUN_METRICS, write_table
+from storage.tables import RUN_METRICS, read_table, write_table
 from webvse_model.data import CaptionedImages, CurriculumSchedule, WebPairs, pad_token_ids
 from webvse_model.datasets.precomp import PrecompSplit, read_precomp_split, read_precomp_web
 from webvse_model.encoders import JointEmbedding, ModelConfig
@@ -114,9 +115,11 @@ def settings_from_dict(values: dict[str, Any]) -> RunSettings:
 class MetricsWriter:
     """Keeps ``metrics.parquet`` equal to the run's full epoch history."""
 
-    def __init__(self, run_dir: Path, earlier: list[EpochRecord] | None = None) -> None:
+    def __init__(self, run_dir: Path, keep_existing: bool) -> None:
         self.path = run_dir / METRICS_FILE
-        self.rows: list[dict[str, Any]] = [r.to_row() for r in earlier or []]
+        self.rows: list[dict[str, Any]] = []
+        if keep_existing and self.path.is_file():
+            self.rows = read_table(self.path, RUN_METRICS).to_dict("records")
 
     def __call__(self, record: EpochRecord) -> None:
         self.rows = [r for r in self.rows if not (r["stage"] == record.stage and r["epoch"] == record.epoch)]
@@ -165,7 +168,8 @@ def train_run(
         f"run {run.name}: {train.num_images} train images / {train.num_captions} captions, vocab {len(vocab)}, "
         f"features {train.feature_dim}-d, tags {tag_dim}-d ({train.images_without_tags} images without tags), device {device}"
     )
-    metrics = MetricsWriter(run)
+    metrics = MetricsWriter(run, keep_existing=resume)
+    torch.manual_seed(settings.stage1.seed)  # the initial weights are part of the experiment
     model = JointEmbedding(model_config)
     results: dict[str, StageResult] = {}
     stage1 = Trainer(model, settings.stage1, run / "stage1", device, settings.amp, metrics, log)

@@ -293,9 +293,14 @@ class Trainer:
             val.check_grouped(captions_per_image)
 
         start_epoch, best_rsum, best_epoch, history = 0, -math.inf, 0, []
+        for orphan in self.store.sweep_orphans():
+            self.log(f"{cfg.name}: removed {orphan.name}, left by an interrupted write")
         if resume and self.store.has("last"):
             start_epoch, best_rsum, best_epoch, history = self._restore()
             self.log(f"{cfg.name}: resuming at epoch {start_epoch + 1}/{cfg.epochs} (best rsum {best_rsum:.2f})")
+            if self.on_epoch is not None:  # the checkpoint's history is authoritative: replay it
+                for record in history:
+                    self.on_epoch(record)
 
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()

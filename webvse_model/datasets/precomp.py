@@ -49,6 +49,8 @@ def _load_array(path: Path) -> np.ndarray:
 def read_precomp_split(folder: str | Path, split: str, captions_per_image: int = 5) -> PrecompSplit:
     """Read ``{split}_ims.npy`` + ``{split}_caps.txt`` (+ ``{split}_tags.npy``)."""
     root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"precomp folder {root} does not exist")
     ims_path, caps_path, tags_path = root / f"{split}_ims.npy", root / f"{split}_caps.txt", root / f"{split}_tags.npy"
     for required in (ims_path, caps_path):
         if not required.is_file():

@@ -1,0 +1,54 @@
+"""The webvse command: train and evaluate end to end, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--embed-dim", "32", "--hidden-dim", "32", "--gru-hidden", "32", "--word-dim", "16", "--device", "cpu"]
+
+
+def test_train_then_evaluate(tiny_precomp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--precomp", str(tiny_precomp), "--data-root", str(tmp_path), "--run-id", "r", "--epochs", "2", "--stage2-epochs", "1"]
+    assert main(["train", *args, *SMALL]) == 0
+    assert "stage2: best val rsum" in capsys.readouterr().out
+    assert main(["evaluate", "--data-root", str(tmp_path), "--device", "cpu"]) == 0  # the latest run
+    out = capsys.readouterr().out
+    assert "image->text" in out and "stage1" in out and "stage2" in out
+    assert (tmp_path / "runs" / "r" / "evaluation.parquet").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--precomp", "/nonexistent/precomp", "--epochs", "1"], "precomp folder /nonexistent/precomp does not exist"),
+        (["train", "--precomp", "/nonexistent", "--lr", "-1"], "stage1.lr must be a positive number"),
+        (["evaluate", "--run", "nope"], "is not a run folder"),
+    ],
+)
+def test_bad_input_is_one_line_not_a_traceback(argv: list[str], message: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *argv, "--data-root", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_feature_dimension_in_a_split_is_named(tiny_precomp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_precomp.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    np.save(broken / "dev_ims.npy", np.zeros((40, 7), np.float32))
+    assert main(["train", "--precomp", str(broken), "--data-root", str(tmp_path), "--epochs", "1", *SMALL]) == 2
+    assert "different feature dimensions" in capsys.readouterr().err

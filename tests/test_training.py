@@ -1,0 +1,137 @@
+"""Training: separable data is learned, both stages run, resume after SIGKILL is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from storage.checkpoints import CheckpointError, CheckpointStore
+from tasks.evaluation import evaluate_run
+from tasks.training import DataSource, RunSettings, default_stage2, train_run
+from webvse_model.data import CurriculumSchedule
+from webvse_model.train import ConfigError, StageConfig, load_model
+
+SMALL = dict(embed_dim=128, hidden_dim=128, gru_hidden=128, word_dim=64, vocab_min_count=1)
+FAST = StageConfig(epochs=10, lr=1e-3, lr_decay_every=100, batch_size=64)
+QUIET = dict(log=lambda message: None)
+
+
+def test_separable_data_reaches_high_recall_both_ways(tiny_precomp: Path, tmp_path: Path) -> None:
+    settings = RunSettings(stage1=replace(FAST, lambda_tag=0.0), **SMALL)
+    train_run(tmp_path / "run", DataSource(str(tiny_precomp)), settings, **QUIET)
+    table = evaluate_run(tmp_path / "run")
+    row = table.iloc[0]
+    assert row["i2t_r1"] >= 90 and row["t2i_r1"] >= 90, row.to_dict()
+    metrics = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    assert metrics["epoch"].tolist() == list(range(1, 11))
+    assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
+
+
+def test_tag_loss_and_stage2_train_and_are_evaluated(tiny_precomp: Path, tmp_path: Path) -> None:
+    stage1 = replace(FAST, epochs=3)
+    settings = RunSettings(stage1=stage1, stage2=default_stage2(stage1, 3), **SMALL)
+    results = train_run(tmp_path / "run", DataSource(str(tiny_precomp)), settings, **QUIET)
+    assert set(results) == {"stage1", "stage2"}
+    assert results["stage2"].history[0].lr == pytest.approx(stage1.lr / 10)
+    table = evaluate_run(tmp_path / "run")
+    assert table["stage"].tolist() == ["stage1", "stage2"]
+    assert ((table[["i2t_r1", "t2i_r1"]] >= 0) & (table[["i2t_r1", "t2i_r1"]] <= 100)).all().all()
+    # Stage II changed the image branch (it trains L_IT on web pairs), not the sentence branch
+    m1 = load_model(CheckpointStore(tmp_path / "run" / "stage1"), "best")
+    m2 = load_model(CheckpointStore(tmp_path / "run" / "stage2"), "best")
+    assert not torch.equal(m1.image.net[0].weight, m2.image.net[0].weight)
+    assert torch.equal(m1.sentence.fc.weight, m2.sentence.fc.weight)
+
+
+def test_curriculum_grows_from_frequent_to_rare() -> None:
+    ranks = torch.arange(1, 11).repeat_interleave(3).numpy()
+    schedule = CurriculumSchedule(start_fraction=0.3, full_at_epoch=2)
+    sizes = [len(schedule.pool(ranks, epoch)) for epoch in range(4)]
+    assert sizes == [9, 21, 30, 30]
+    assert ranks[schedule.pool(ranks, 0)].max() == 3
+    assert len(CurriculumSchedule(enabled=False).pool(ranks, 0)) == 30
+
+
+def test_bad_stage_settings_name_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"stage1\.lr must be a positive number"):
+        StageConfig(lr=-1)
+    with pytest.raises(ConfigError, match=r"stage1\.loss must be one of"):
+        StageConfig(loss="hinge")
+    with pytest.raises(ConfigError, match=r"batch_size must be >= 2"):
+        StageConfig(batch_size=1)
+    with pytest.raises(ConfigError, match="unknown settings"):
+        StageConfig.from_dict({"name": "stage1", "learning_rate": 1})
+
+
+def test_stage2_without_web_pairs_is_a_clear_error(tiny_precomp: Path, tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    for f in tiny_precomp.iterdir():
+        if not f.name.startswith("web_"):
+            (tmp_path / "p" / f.name).write_bytes(f.read_bytes())
+    settings = RunSettings(stage1=replace(FAST, epochs=1), stage2=default_stage2(FAST, 1), **SMALL)
+    with pytest.raises(ConfigError, match="no web pairs"):
+        train_run(tmp_path / "run", DataSource(str(tmp_path / "p")), settings, **QUIET)
+
+
+def test_corrupt_checkpoint_is_refused_by_name(tiny_precomp: Path, tmp_path: Path) -> None:
+    settings = RunSettings(stage1=replace(FAST, epochs=1), **SMALL)
+    train_run(tmp_path / "run", DataSource(str(tiny_precomp)), settings, **QUIET)
+    best = tmp_path / "run" / "stage1" / "best.pt"
+    data = bytearray(best.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    best.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"best\.pt is corrupt"):
+        evaluate_run(tmp_path / "run")
+
+
+def _train_command(precomp: Path, root: Path, run_id: str) -> list[str]:
+    return [
+        sys.executable, "-m", "flows.cli", "train", "--precomp", str(precomp), "--data-root", str(root),
+        "--run-id", run_id, "--epochs", "6", "--lr", "1e-3", "--batch-size", "64", "--lambda-tag", "1",
+        "--embed-dim", "64", "--hidden-dim", "64", "--gru-hidden", "64", "--word-dim", "32", "--device", "cpu",
+    ]  # fmt: skip
+
+
+def _committed_epoch(run: Path) -> int:
+    manifest = run / "stage1" / "checkpoints.json"
+    try:
+        return int(json.loads(manifest.read_text())["checkpoints"]["last"]["meta"]["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_precomp: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_command(tiny_precomp, tmp_path, "straight"), check=True, env=env, capture_output=True)
+
+    killed = subprocess.Popen(_train_command(tiny_precomp, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = tmp_path / "runs" / "killed"
+    deadline = time.monotonic() + 120
+    while _committed_epoch(run) < 2 and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert killed.poll() is None, "training ended before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    stopped_at = _committed_epoch(run)
+    assert 2 <= stopped_at < 6
+
+    resumed = subprocess.run(_train_command(tiny_precomp, tmp_path, "killed"), env=env, capture_output=True, text=True, check=True)
+    assert f"resuming at epoch {stopped_at + 1}/6" in resumed.stdout
+    assert not list((run / "stage1").glob(".*.tmp")), "a killed write left a temporary file behind"
+
+    straight = pd.read_parquet(tmp_path / "runs" / "straight" / "metrics.parquet")
+    again = pd.read_parquet(run / "metrics.parquet")
+    assert again["epoch"].tolist() == list(range(1, 7))
+    for column in ("train_loss", "rsum"):
+        assert again[column].tolist() == pytest.approx(straight[column].tolist(), rel=1e-6, abs=1e-9), column
