@@ -18,7 +18,8 @@ from storage.checkpoints import CheckpointError
 from storage.layout import DataRoot
 from storage.tables import TableError
 from tasks.evaluation import evaluate_run, format_table, stack_runs
-from tasks.training import DataSource, RunSettings, default_stage2, train_run
+from tasks.training import RunSettings, default_stage2, train_run
+from tasks.training_data import DataSource
 from webvse_model.datasets.synthetic import SyntheticSizes, generate_synthetic_precomp
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.train import ConfigError, StageConfig
@@ -59,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train on precomputed features (VSE++ precomp folder)")
     _add_common(train)
-    train.add_argument("--precomp", required=True, help="folder with {train,dev,test}_ims.npy and _caps.txt")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--precomp", help="VSE++ precomp folder: {train,dev,test}_ims.npy and _caps.txt")
+    source.add_argument("--parquet-root", help="a webvse data root with clean/*.parquet and features/<model>/ shards")
+    train.add_argument("--feature-model", default="", help="with --parquet-root: the features/<model> folder to use")
+    train.add_argument("--val-split", default=None, help="validation split (default: dev for precomp, val for parquet)")
     train.add_argument("--run-id", default=None, help="run folder name under <data root>/runs (default: a timestamp)")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if the run has checkpoints")
     train.add_argument("--captions-per-image", type=int, default=5)
@@ -111,7 +116,12 @@ def _resolve_run(root: DataRoot, run: str | None) -> Path:
 def cmd_train(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
     run_id = args.run_id or time.strftime("run-%Y%m%d-%H%M%S")
-    source = DataSource(args.precomp, captions_per_image=args.captions_per_image)
+    if args.precomp:
+        source = DataSource(args.precomp, "precomp", args.captions_per_image, val_split=args.val_split or "dev")
+    else:
+        source = DataSource(
+            args.parquet_root, "parquet", args.captions_per_image, val_split=args.val_split or "val", feature_model=args.feature_model
+        )
     results = train_run(root.run_dir(run_id), source, _settings(args), resume=not args.no_resume)
     for name, result in results.items():
         print(f"{name}: best val rsum {result.best_rsum:.2f} at epoch {result.best_epoch}")

@@ -179,3 +179,15 @@ RUN_EVALUATION = TableSchema(
         + [(c, pa.float64()) for c in RUN_METRICS.columns if c.startswith(("i2t_", "t2i_")) or c == "rsum"]
     ),
 )
+
+
+def feature_dim(folder: str | Path) -> int:
+    """The vector size of a feature-shard folder, read from its first shard's schema."""
+    directory = Path(folder)
+    shards = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+    if not shards:
+        raise TableError(f"no feature shards in {directory}")
+    field_type = pq.read_schema(shards[0]).field("feature").type
+    if not isinstance(field_type, pa.FixedSizeListType):
+        raise TableError(f"{shards[0]}: 'feature' is {field_type}, expected a fixed-size list of float32")
+    return int(field_type.list_size)

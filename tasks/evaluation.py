@@ -13,7 +13,8 @@ import pandas as pd
 
 from storage.checkpoints import CheckpointStore
 from storage.tables import RUN_EVALUATION, write_table
-from tasks.training import VOCAB_FILE, DataSource, load_split, read_run_config
+from tasks.training import VOCAB_FILE, read_run_config
+from tasks.training_data import DataSource, load_split
 from webvse_model.inference import evaluate_split
 from webvse_model.metrics import ProtocolResult
 from webvse_model.text import Vocabulary

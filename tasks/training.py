@@ -15,14 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from storage.atomic import atomic_write_text
 from storage.tables import RUN_METRICS, read_table, write_table
-from webvse_model.data import CaptionedImages, CurriculumSchedule, WebPairs, pad_token_ids
-from webvse_model.datasets.precomp import PrecompSplit, read_precomp_split, read_precomp_web
+from tasks.training_data import DataSource, load_split, load_web, read_split
+from webvse_model.data import CurriculumSchedule
 from webvse_model.encoders import JointEmbedding, ModelConfig
 from webvse_model.text import Vocabulary, tokenize
 from webvse_model.train import (
@@ -40,24 +39,6 @@ CONFIG_FILE, VOCAB_FILE, METRICS_FILE = "config.json", "vocab.json", "metrics.pa
 
 
 @dataclass(frozen=True)
-class DataSource:
-    """Where a run's features come from: a VSE++-style precomp folder."""
-
-    path: str
-    kind: str = "precomp"
-    captions_per_image: int = 5
-    train_split: str = "train"
-    val_split: str = "dev"
-    test_split: str = "test"
-
-    def __post_init__(self) -> None:
-        if self.kind != "precomp":
-            raise ConfigError(f"data.kind must be 'precomp' (Parquet data roots arrive with the features step), got {self.kind!r}")
-        if self.captions_per_image < 1:
-            raise ConfigError(f"data.captions_per_image must be >= 1, got {self.captions_per_image}")
-
-
-@dataclass(frozen=True)
 class RunSettings:
     """Everything a training run needs besides the data."""
 
@@ -70,23 +51,6 @@ class RunSettings:
     vocab_min_count: int = 4
     device: str = "auto"
     amp: bool = True
-
-
-def captioned_images(split: PrecompSplit, vocab: Vocabulary, name: str) -> CaptionedImages:
-    """Tokenise and encode a precomp split into training arrays."""
-    tokens, lengths = pad_token_ids([vocab.encode(tokenize(c)) for c in split.captions])
-    caption_image = np.arange(len(split.captions)) // split.captions_per_image
-    return CaptionedImages(split.features, tokens, lengths, caption_image, split.tag_vectors, name=name)
-
-
-def load_split(source: DataSource, split: str, vocab: Vocabulary) -> CaptionedImages:
-    data = read_precomp_split(source.path, split, source.captions_per_image)
-    return captioned_images(data, vocab, f"{source.path}:{split}")
-
-
-def load_web(source: DataSource) -> WebPairs | None:
-    web = read_precomp_web(source.path)
-    return None if web is None else WebPairs(web.features, web.tag_vectors, web.keyword_rank, name=f"{source.path}:web")
 
 
 def write_run_config(run_dir: Path, source: DataSource, settings: RunSettings, model: ModelConfig) -> None:
@@ -143,10 +107,10 @@ def train_run(
     if resume and vocab_path.is_file():
         vocab = Vocabulary.load(vocab_path)
     else:
-        train_caps = read_precomp_split(source.path, source.train_split, source.captions_per_image).captions
+        train_caps = read_split(source, source.train_split, grouped=False).captions
         vocab = Vocabulary.build((tokenize(c) for c in train_caps), settings.vocab_min_count)
         vocab.save(vocab_path)
-    train = load_split(source, source.train_split, vocab)
+    train = load_split(source, source.train_split, vocab, grouped=False)
     val = load_split(source, source.val_split, vocab)
     web = load_web(source) if settings.stage2 is not None else None
     if settings.stage2 is not None and web is None:

@@ -1,0 +1,110 @@
+"""Where a run's features and captions come from: a VSE++ precomp folder or a data root.
+
+* ``precomp``: ``{split}_ims.npy`` + ``{split}_caps.txt`` (+ webvse's tag and web arrays),
+  see :mod:`webvse_model.datasets.precomp`;
+* ``parquet``: a webvse data root: ``clean/images.parquet``, ``clean/captions.parquet``
+  and the feature shards ``features/<feature_model>/``, joined by image sha256.
+
+Both become the same :class:`CaptionedImages`, so training and evaluation do not care.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage.layout import DataRoot
+from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, feature_dim, feature_schema, features_matrix, read_shards, read_table
+from webvse_model.data import CaptionedImages, WebPairs, pad_token_ids
+from webvse_model.datasets.precomp import read_precomp_split, read_precomp_web
+from webvse_model.text import Vocabulary, tokenize
+from webvse_model.train import ConfigError
+
+SOURCE_KINDS = ("precomp", "parquet")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A run's data: ``kind`` and ``path`` (precomp folder or data root)."""
+
+    path: str
+    kind: str = "precomp"
+    captions_per_image: int = 5
+    train_split: str = "train"
+    val_split: str = "dev"
+    test_split: str = "test"
+    feature_model: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ConfigError(f"data.kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.captions_per_image < 1:
+            raise ConfigError(f"data.captions_per_image must be >= 1, got {self.captions_per_image}")
+        if self.kind == "parquet" and not self.feature_model:
+            raise ConfigError("data.feature_model must name the features/<model> folder of a parquet data root")
+
+
+@dataclass
+class RawSplit:
+    """Features, caption texts and their image rows, before tokenisation."""
+
+    features: np.ndarray
+    captions: list[str]
+    caption_image: np.ndarray
+    tag_vectors: np.ndarray | None = None
+
+
+def _precomp_split(source: DataSource, split: str) -> RawSplit:
+    data = read_precomp_split(source.path, split, source.captions_per_image)
+    caption_image = np.arange(len(data.captions)) // source.captions_per_image
+    return RawSplit(data.features, data.captions, caption_image, data.tag_vectors)
+
+
+def _parquet_split(source: DataSource, split: str, grouped: bool) -> RawSplit:
+    root = DataRoot.resolve(source.path)
+    images = read_table(root.clean_images, CLEAN_IMAGES)
+    images = images[images["split"] == split].reset_index(drop=True)
+    if images.empty:
+        raise ValueError(f"{root.clean_images} has no images in split {split!r}")
+    folder = root.features_dir(source.feature_model)
+    table = read_shards(folder, feature_schema(feature_dim(folder)))
+    row_of = {sha: i for i, sha in enumerate(table.column("sha256").to_pylist())}
+    missing = images.loc[~images["sha256"].isin(row_of), "path"].tolist()
+    if missing:
+        raise ValueError(f"{len(missing)} images of split {split!r} have no features in {folder} (first: {missing[0]}); run the features step")
+    matrix = features_matrix(table, feature_dim(folder))
+    features = matrix[[row_of[sha] for sha in images["sha256"]]]
+    captions = read_table(root.clean_captions, CLEAN_CAPTIONS)
+    index_of = {image_id: i for i, image_id in enumerate(images["image_id"])}
+    captions = captions[captions["image_id"].isin(index_of)].copy()
+    captions["image_row"] = captions["image_id"].map(index_of)
+    captions = captions.sort_values(["image_row", "caption_id"], kind="stable")
+    if grouped:  # evaluation needs exactly k captions per image, in image order
+        k = source.captions_per_image
+        per_image = captions.groupby("image_row").size().reindex(range(len(images)), fill_value=0)
+        if (per_image < k).any():
+            short = images["image_id"][int(np.argmax(per_image.to_numpy() < k))]
+            raise ValueError(f"split {split!r}: image {short} has fewer than {k} captions in {root.clean_captions}")
+        captions = captions.groupby("image_row", sort=True).head(k)
+    return RawSplit(features, captions["text"].tolist(), captions["image_row"].to_numpy())
+
+
+def read_split(source: DataSource, split: str, grouped: bool = True) -> RawSplit:
+    """A split's raw data; ``grouped`` asks for exactly k captions per image (evaluation)."""
+    return _precomp_split(source, split) if source.kind == "precomp" else _parquet_split(source, split, grouped)
+
+
+def load_split(source: DataSource, split: str, vocab: Vocabulary, grouped: bool = True) -> CaptionedImages:
+    """Tokenise and encode a split into training arrays."""
+    raw = read_split(source, split, grouped)
+    tokens, lengths = pad_token_ids([vocab.encode(tokenize(c)) for c in raw.captions])
+    return CaptionedImages(raw.features, tokens, lengths, raw.caption_image, raw.tag_vectors, name=f"{source.path}:{split}")
+
+
+def load_web(source: DataSource) -> WebPairs | None:
+    """Stage II web pairs of the source, or None (parquet web pairs arrive with the crawl step)."""
+    if source.kind != "precomp":
+        return None
+    web = read_precomp_web(source.path)
+    return None if web is None else WebPairs(web.features, web.tag_vectors, web.keyword_rank, name=f"{source.path}:web")
