@@ -34,7 +34,7 @@ import torch
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
 PROTOCOLS: tuple[str, ...] = ("all", "coco-1k", "coco-5k", "f30k-1k")
-_PAIR_BLOCK = 256  # float64 re-checks per block: small enough to stay in cache
+_PAIR_BLOCK = 1024  # float64 re-checks per block: 2 x 8 MB at D=1024
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def _exact_winners(
 
 def _count(mask: torch.Tensor, dim: int) -> torch.Tensor:
     """Count True along ``dim``; summing the bytes as int32 is ~5x faster than bool.sum()."""
-    return mask.view(torch.uint8).sum(dim=dim, dtype=torch.int32).to(torch.int64)
+    return mask.view(torch.uint8).sum(dim=dim, dtype=torch.int32)
 
 
 def _float32_tolerance(images: torch.Tensor, captions: torch.Tensor) -> float:
@@ -238,21 +238,28 @@ def _ranks(img: torch.Tensor, cap: torch.Tensor, k: int, chunk_size: int | None,
     # text -> image target: the caption's own image
     t2i_target64 = own.reshape(m)
 
-    i2t = torch.zeros(n, dtype=torch.int64, device=img.device)
-    t2i = torch.zeros(m, dtype=torch.int64, device=img.device)
+    i2t = torch.zeros(n, dtype=torch.int32, device=img.device)
+    t2i = torch.zeros(m, dtype=torch.int32, device=img.device)
+    # one score block and two masks, reused for every chunk (no per-chunk allocation)
+    block = torch.empty(min(chunk_size, n), m, dtype=torch.float32, device=img.device)
+    surely_block = torch.empty(block.shape, dtype=torch.bool, device=img.device)
+    maybe_block = torch.empty(block.shape, dtype=torch.bool, device=img.device)
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
-        sims = img32[start:stop] @ cap32.t()  # [c, m], shared by both directions
+        rows = stop - start
+        sims = torch.mm(img32[start:stop], cap32.t(), out=block[:rows])  # shared by both directions
+        surely_above, maybe_above = surely_block[:rows], maybe_block[:rows]
         rows_global = torch.arange(start, stop, device=img.device)
 
         # image -> text: each row against its best own caption's score
         target = i2t_target64[start:stop].float().unsqueeze(1)
-        surely_above, maybe_above = sims > target + tol, sims >= target - tol
+        torch.gt(sims, target + tol, out=surely_above)
+        torch.ge(sims, target - tol, out=maybe_above)
         i2t[start:stop] += _count(surely_above, dim=1)
         r, c = _band_positions(maybe_above.logical_xor_(surely_above))
         g = rows_global[r]
         winners = _exact_winners(img32, cap32, g, c, query=g, candidate=c, target=i2t_target64[g], target_candidate=i2t_col[g])
-        i2t.index_add_(0, winners, torch.ones_like(winners))
+        i2t.index_add_(0, winners, torch.ones_like(winners, dtype=torch.int32))
 
         # text -> image: column j counts the images of this chunk that beat caption j's own image
         target = t2i_target64.float().unsqueeze(0)
@@ -262,9 +269,8 @@ def _ranks(img: torch.Tensor, cap: torch.Tensor, k: int, chunk_size: int | None,
         r, c = _band_positions(maybe_above.logical_xor_(surely_above))
         g = rows_global[r]
         winners = _exact_winners(img32, cap32, g, c, query=c, candidate=g, target=t2i_target64[c], target_candidate=cap_image[c])
-        t2i.index_add_(0, winners, torch.ones_like(winners))
-        del sims, surely_above, maybe_above
-    return i2t.cpu().numpy(), t2i.cpu().numpy()
+        t2i.index_add_(0, winners, torch.ones_like(winners, dtype=torch.int32))
+    return i2t.cpu().numpy().astype(np.int64), t2i.cpu().numpy().astype(np.int64)
 
 
 def evaluate_embeddings(
