@@ -126,3 +126,12 @@ def test_accepts_torch_tensors_and_float64() -> None:
 def test_bad_input_is_named(images: np.ndarray, captions: np.ndarray, k: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         evaluate_embeddings(images, captions, k)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 700), (600, 5), (255, 255), (256, 511), (300, 1000)])
+def test_blocked_byte_count_equals_a_plain_count(shape: tuple[int, int]) -> None:
+    from webvse_model.metrics import _count
+
+    for mask in (torch.rand(shape) > 0.3, torch.ones(shape, dtype=torch.bool)):  # all-ones: the overflow case
+        assert torch.equal(_count(mask, 1), mask.sum(1).int())
+        assert torch.equal(_count(mask, 0), mask.sum(0).int())

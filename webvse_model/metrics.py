@@ -34,7 +34,7 @@ import torch
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
 PROTOCOLS: tuple[str, ...] = ("all", "coco-1k", "coco-5k", "f30k-1k")
-_PAIR_BLOCK = 1024  # float64 re-checks per block: 2 x 8 MB at D=1024
+_PAIR_BLOCK = 256  # float64 re-checks per block: 2 x 2 MB at D=1024, reused by malloc (8 MB blocks page-fault)
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,20 @@ def _exact_winners(
 
 
 def _count(mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """Count True along ``dim``; summing the bytes as int32 is ~5x faster than bool.sum()."""
-    return mask.view(torch.uint8).sum(dim=dim, dtype=torch.int32)
+    """Count True along ``dim`` (0 or 1) of a 2-D mask, as int32.
+
+    Sums bytes in blocks of 255 with a uint8 accumulator (no overflow possible), then
+    adds the per-block counts in int32: ~5x faster than summing into int32 directly,
+    which first copies the whole mask to int32.
+    """
+    u8 = mask.view(torch.uint8)
+    length = u8.shape[dim]
+    whole = (length // 255) * 255
+    counts = u8.narrow(dim, whole, length - whole).sum(dim=dim, dtype=torch.uint8).to(torch.int32)
+    if whole:
+        blocks = u8.narrow(dim, 0, whole).unflatten(dim, (whole // 255, 255))
+        counts += blocks.sum(dim=dim + 1, dtype=torch.uint8).sum(dim=dim, dtype=torch.int32)
+    return counts
 
 
 def _float32_tolerance(images: torch.Tensor, captions: torch.Tensor) -> float:
@@ -196,7 +208,7 @@ def retrieval_ranks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """0-based ranks ``(i2t [N], t2i [N*k])`` under the protocol and tie rule above.
 
-    Images are processed in chunks of ``chunk_size`` rows (default: a ~16 MB score
+    Captions are processed in chunks of ``chunk_size`` rows (default: a ~16 MB score
     block, small enough for the comparisons to run in cache); peak memory beyond the
     inputs is a few such blocks, so 5K x 25K at D=1024 needs well under 2 GB.
     """
@@ -225,7 +237,7 @@ def _ranks(img: torch.Tensor, cap: torch.Tensor, k: int, chunk_size: int | None,
     cap_index = torch.arange(m, device=img.device)
     cap_image = cap_index // k
     if chunk_size is None:
-        chunk_size = max(32, max_chunk_bytes // (4 * m))
+        chunk_size = max(32, max_chunk_bytes // (4 * n))
 
     # Every float64 score goes through _exact_dots, so that one (image, caption) pair
     # always gets bit-identical scores whichever step asks for it.
@@ -240,36 +252,40 @@ def _ranks(img: torch.Tensor, cap: torch.Tensor, k: int, chunk_size: int | None,
 
     i2t = torch.zeros(n, dtype=torch.int32, device=img.device)
     t2i = torch.zeros(m, dtype=torch.int32, device=img.device)
-    # one score block and two masks, reused for every chunk (no per-chunk allocation)
-    block = torch.empty(min(chunk_size, n), m, dtype=torch.float32, device=img.device)
+    i2t_above = (i2t_target64.float() + tol).unsqueeze(0)
+    i2t_band = (i2t_target64.float() - tol).unsqueeze(0)
+    img32_t = img32.t().contiguous()
+    # Chunks of captions against all images (a GEMM of this shape runs ~12% faster on
+    # CPU than image chunks against all captions); one score block and two masks,
+    # reused for every chunk.
+    block = torch.empty(min(chunk_size, m), n, dtype=torch.float32, device=img.device)
     surely_block = torch.empty(block.shape, dtype=torch.bool, device=img.device)
     maybe_block = torch.empty(block.shape, dtype=torch.bool, device=img.device)
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
+    for start in range(0, m, chunk_size):
+        stop = min(start + chunk_size, m)
         rows = stop - start
-        sims = torch.mm(img32[start:stop], cap32.t(), out=block[:rows])  # shared by both directions
+        sims = torch.mm(cap32[start:stop], img32_t, out=block[:rows])  # [captions, images], both directions
         surely_above, maybe_above = surely_block[:rows], maybe_block[:rows]
-        rows_global = torch.arange(start, stop, device=img.device)
+        caps = torch.arange(start, stop, device=img.device)
 
-        # image -> text: each row against its best own caption's score
-        target = i2t_target64[start:stop].float().unsqueeze(1)
+        # text -> image: each row (caption) against its own image's score
+        target = t2i_target64[start:stop].float().unsqueeze(1)
         torch.gt(sims, target + tol, out=surely_above)
         torch.ge(sims, target - tol, out=maybe_above)
-        i2t[start:stop] += _count(surely_above, dim=1)
-        r, c = _band_positions(maybe_above.logical_xor_(surely_above))
-        g = rows_global[r]
-        winners = _exact_winners(img32, cap32, g, c, query=g, candidate=c, target=i2t_target64[g], target_candidate=i2t_col[g])
-        i2t.index_add_(0, winners, torch.ones_like(winners, dtype=torch.int32))
-
-        # text -> image: column j counts the images of this chunk that beat caption j's own image
-        target = t2i_target64.float().unsqueeze(0)
-        torch.gt(sims, target + tol, out=surely_above)
-        torch.ge(sims, target - tol, out=maybe_above)
-        t2i += _count(surely_above, dim=0)
-        r, c = _band_positions(maybe_above.logical_xor_(surely_above))
-        g = rows_global[r]
-        winners = _exact_winners(img32, cap32, g, c, query=c, candidate=g, target=t2i_target64[c], target_candidate=cap_image[c])
+        t2i[start:stop] += _count(surely_above, dim=1)
+        r, i = _band_positions(maybe_above.logical_xor_(surely_above))
+        j = caps[r]
+        winners = _exact_winners(img32, cap32, i, j, query=j, candidate=i, target=t2i_target64[j], target_candidate=cap_image[j])
         t2i.index_add_(0, winners, torch.ones_like(winners, dtype=torch.int32))
+
+        # image -> text: column i counts the captions of this chunk that beat image i's best own caption
+        torch.gt(sims, i2t_above, out=surely_above)
+        torch.ge(sims, i2t_band, out=maybe_above)
+        i2t += _count(surely_above, dim=0)
+        r, i = _band_positions(maybe_above.logical_xor_(surely_above))
+        j = caps[r]
+        winners = _exact_winners(img32, cap32, i, j, query=i, candidate=j, target=i2t_target64[i], target_candidate=i2t_col[i])
+        i2t.index_add_(0, winners, torch.ones_like(winners, dtype=torch.int32))
     return i2t.cpu().numpy().astype(np.int64), t2i.cpu().numpy().astype(np.int64)
 
 
