@@ -20,11 +20,12 @@ from storage.tables import TableError
 from tasks.evaluation import evaluate_run, format_table, stack_runs
 from tasks.training import RunSettings, default_stage2, train_run
 from tasks.training_data import DataSource
+from tasks.world import CleanSizes, CorpusError, Faults, WebSizes, WorldSettings, generate_world, serve_corpus
 from webvse_model.datasets.synthetic import SyntheticSizes, generate_synthetic_precomp
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.train import ConfigError, StageConfig
 
-NOT_YET_BUILT = ("keywords", "crawl", "features", "vectors", "run", "search", "flickr-server")
+NOT_YET_BUILT = ("keywords", "crawl", "features", "vectors", "run", "search")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -75,6 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", default=None, help="run id or folder (default: the latest run)")
     evaluate.add_argument("--split", default=None, help="split to evaluate (default: the run's test split)")
     evaluate.add_argument("--protocol", choices=PROTOCOLS, default="all")
+
+    world = sub.add_parser("world", help="generate the offline world: captioned images + a Flickr corpus")
+    _add_common(world)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--train", type=int, default=CleanSizes.train)
+    world.add_argument("--val", type=int, default=CleanSizes.val)
+    world.add_argument("--test", type=int, default=CleanSizes.test)
+    world.add_argument("--photos-per-object", type=int, default=WebSizes.photos_per_object)
+
+    server = sub.add_parser("flickr-server", help="serve a corpus through a Flickr-compatible API on 127.0.0.1")
+    server.add_argument("--corpus", required=True, help="corpus folder (photos.parquet + images/), e.g. webvse-data/world/corpus")
+    server.add_argument("--port", type=int, default=8399)
+    server.add_argument("--error-rate", type=float, default=0.0, help="share of 500/503 answers")
+    server.add_argument("--throttle-rate", type=float, default=0.0, help="share of 429 answers with Retry-After")
+    server.add_argument("--slow-rate", type=float, default=0.0, help="share of answers delayed by --slow-seconds")
+    server.add_argument("--slow-seconds", type=float, default=0.5)
+    server.add_argument("--truncated-json-rate", type=float, default=0.0)
+    server.add_argument("--truncated-image-rate", type=float, default=0.0)
+    server.add_argument("--fault-seed", type=int, default=0)
+    server.add_argument("--access-log", action="store_true", help="print each request's method and path (never the query)")
 
     for name in NOT_YET_BUILT:
         sub.add_parser(name, help="(not yet built)")
@@ -157,15 +178,33 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"runs: {root.runs_dir}")
 
 
+def cmd_world(args: argparse.Namespace) -> None:
+    root = DataRoot.resolve(args.data_root)
+    settings = WorldSettings(
+        CleanSizes(train=args.train, val=args.val, test=args.test), WebSizes(photos_per_object=args.photos_per_object), args.seed
+    )
+    paths = generate_world(root, settings)
+    print(f"captioned dataset: {paths.karpathy_json}" + (" (already generated)" if paths.reused else ""))
+    print(f"Flickr corpus:     {paths.corpus_dir}   serve it with: webvse flickr-server --corpus {paths.corpus_dir}")
+
+
+def cmd_flickr_server(args: argparse.Namespace) -> None:
+    faults = Faults(
+        error_rate=args.error_rate, throttle_rate=args.throttle_rate, slow_rate=args.slow_rate, slow_seconds=args.slow_seconds,
+        truncated_json_rate=args.truncated_json_rate, truncated_image_rate=args.truncated_image_rate, seed=args.fault_seed,
+    )  # fmt: skip
+    serve_corpus(args.corpus, args.port, faults, args.access_log)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in NOT_YET_BUILT:
         print(f"webvse {args.command}: not yet built (see the open issues)", file=sys.stderr)
         return 2
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world, "flickr-server": cmd_flickr_server}
     try:
         handlers[args.command](args)
-    except (ConfigError, CheckpointError, TableError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, CheckpointError, TableError, CorpusError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"webvse: error: {exc}", file=sys.stderr)
         return 2
     return 0

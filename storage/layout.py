@@ -72,6 +72,21 @@ class DataRoot:
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.web_images_dir / sha256[:2] / f"{sha256}.jpg"
 
+    # the generated offline world ---------------------------------------------------
+    @property
+    def world_dir(self) -> Path:
+        return self.root / "world"
+
+    @property
+    def world_clean_dir(self) -> Path:
+        """Karpathy JSON + images of the generated captioned dataset."""
+        return self.world_dir / "clean"
+
+    @property
+    def world_corpus_dir(self) -> Path:
+        """The generated Flickr corpus the local server serves."""
+        return self.world_dir / "corpus"
+
     # features, vectors, runs -------------------------------------------------------
     def features_dir(self, model_id: str) -> Path:
         return self.root / "features" / _checked_name("model id", model_id)

@@ -191,3 +191,26 @@ def feature_dim(folder: str | Path) -> int:
     if not isinstance(field_type, pa.FixedSizeListType):
         raise TableError(f"{shards[0]}: 'feature' is {field_type}, expected a fixed-size list of float32")
     return int(field_type.list_size)
+
+
+FLICKR_CORPUS = TableSchema(
+    "flickr corpus",
+    pa.schema(
+        [
+            ("photo_id", pa.string()),
+            ("owner", pa.string()),
+            ("ownername", pa.string()),
+            ("title", pa.string()),
+            ("tags", pa.list_(pa.string())),
+            ("license", pa.int32()),
+            ("date_upload", pa.int64()),
+            ("server", pa.string()),
+            ("secret", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("file", pa.string()),
+            ("depicts", pa.string()),
+            ("duplicate_of", pa.string()),
+        ]
+    ),
+)

@@ -52,3 +52,35 @@ def test_wrong_feature_dimension_in_a_split_is_named(tiny_precomp: Path, tmp_pat
     np.save(broken / "dev_ims.npy", np.zeros((40, 7), np.float32))
     assert main(["train", "--precomp", str(broken), "--data-root", str(tmp_path), "--epochs", "1", *SMALL]) == 2
     assert "different feature dimensions" in capsys.readouterr().err
+
+
+def test_world_then_flickr_server_command(tmp_path: Path) -> None:
+    import json
+    import signal
+    import time
+
+    import flickrapi
+
+    argv = ["world", "--data-root", str(tmp_path), "--train", "30", "--val", "5", "--test", "10", "--photos-per-object", "3"]
+    assert main(argv) == 0
+    assert main(argv) == 0  # the second time reuses the generated world
+    corpus = tmp_path / "world" / "corpus"
+    assert len(json.loads((tmp_path / "world" / "clean" / "dataset_world.json").read_text())["images"]) == 45
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "WEBVSE_FLICKR_SERVER_KEY": "lab-key-123"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "flickr-server", "--corpus", str(corpus), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        banner = server.stdout.readline()  # type: ignore[union-attr]
+        url = banner.split(" at ")[1].split()[0]
+        api = flickrapi.FlickrAPI("lab-key-123", "s", format="parsed-json", store_token=False)
+        api.REST_URL = url
+        assert int(api.photos.search(text="dog")["photos"]["total"]) >= 0
+        time.sleep(0.1)
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=10)
+    assert server.returncode == 0, err
+    assert "stopped; served 1 API calls" in out
+    assert "lab-key-123" not in out + err + banner

@@ -1,0 +1,81 @@
+"""World step: generate the offline default world under the data root, once.
+
+Plain functions (the flow wraps them). Generation is deterministic from the seed and
+skipped when a complete world for the same settings is already there (a marker file
+holding the settings is written last, so a crash mid-way regenerates).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from storage.atomic import atomic_write_text
+from storage.layout import DataRoot
+from webvse_world.clean import DATASET_FILE, CleanSizes, generate_clean_dataset
+from webvse_world.flickr_server import DEFAULT_KEY, CorpusError, Faults, FlickrServer
+from webvse_world.web import PHOTOS_FILE, WebSizes, generate_web_corpus
+
+__all__ = ["CleanSizes", "CorpusError", "Faults", "WebSizes", "WorldSettings", "generate_world", "serve_corpus"]
+SERVER_KEY_ENV = "WEBVSE_FLICKR_SERVER_KEY"
+
+MARKER = "world.json"
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    clean: CleanSizes = field(default_factory=CleanSizes)
+    web: WebSizes = field(default_factory=WebSizes)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class WorldPaths:
+    karpathy_json: Path
+    corpus_dir: Path
+    seconds: float
+    reused: bool
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def generate_world(root: DataRoot, settings: WorldSettings = WorldSettings(), log: Callable[[str], None] = print) -> WorldPaths:
+    """The clean dataset and the web corpus under ``root.world_dir`` (reused if up to date)."""
+    marker = root.world_dir / MARKER
+    wanted = json.dumps(asdict(settings), sort_keys=True)
+    karpathy, corpus = root.world_clean_dir / DATASET_FILE, root.world_corpus_dir
+    if marker.is_file() and marker.read_text() == wanted and karpathy.is_file() and (corpus / PHOTOS_FILE).is_file():
+        return WorldPaths(karpathy, corpus, 0.0, reused=True)
+    started = time.perf_counter()
+    c = settings.clean
+    log(f"world: rendering {c.train + c.val + c.test} captioned images into {root.world_clean_dir}")
+    generate_clean_dataset(root.world_clean_dir, c, settings.seed)
+    log(f"world: rendering the web corpus ({settings.web.photos_per_object} photos per object) into {corpus}")
+    generate_web_corpus(corpus, settings.web, settings.seed)
+    atomic_write_text(marker, wanted)
+    seconds = time.perf_counter() - started
+    log(f"world: done in {seconds:.1f}s, {_folder_bytes(root.world_dir) / 2**20:.1f} MiB")
+    return WorldPaths(karpathy, corpus, seconds, reused=False)
+
+
+def serve_corpus(corpus: str | Path, port: int, faults: Faults = Faults(), access_log: bool = False) -> None:
+    """Serve ``corpus`` on 127.0.0.1 until Ctrl-C; the accepted key comes from the environment."""
+    keys = {os.environ.get(SERVER_KEY_ENV, DEFAULT_KEY)}
+    server = FlickrServer(corpus, port=port, api_keys=keys, faults=faults, access_log=access_log)
+    print(f"Flickr-compatible API at {server.rest_url} ({len(server.corpus.photos)} photos); Ctrl-C stops it", flush=True)
+    print(f"it accepts the key in ${SERVER_KEY_ENV} (default: the offline demo key)", flush=True)
+    server.start()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        print(f"stopped; served {server.stats['rest']} API calls and {server.stats['image']} images", flush=True)
