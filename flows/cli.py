@@ -17,15 +17,19 @@ from pathlib import Path
 from storage.checkpoints import CheckpointError
 from storage.layout import DataRoot
 from storage.tables import TableError
+from tasks.clean_data import ingest_karpathy
 from tasks.evaluation import evaluate_run, format_table, stack_runs
+from tasks.keywords import run_keywords
+from tasks.text_backends import BACKENDS, DEFAULT_SPACY_MODEL, BackendUnavailable, load_backend
 from tasks.training import RunSettings, default_stage2, train_run
 from tasks.training_data import DataSource
+from tasks.word_vectors import run_vectors
 from tasks.world import CleanSizes, CorpusError, Faults, WebSizes, WorldSettings, generate_world, serve_corpus
 from webvse_model.datasets.synthetic import SyntheticSizes, generate_synthetic_precomp
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.train import ConfigError, StageConfig
 
-NOT_YET_BUILT = ("keywords", "crawl", "features", "vectors", "run", "search")
+NOT_YET_BUILT = ("crawl", "features", "run", "search")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -96,6 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--truncated-image-rate", type=float, default=0.0)
     server.add_argument("--fault-seed", type=int, default=0)
     server.add_argument("--access-log", action="store_true", help="print each request's method and path (never the query)")
+
+    keywords = sub.add_parser("keywords", help="clean captions -> keywords.parquet and dummy tags")
+    _add_common(keywords)
+    keywords.add_argument("--karpathy", default=None, help="Karpathy split file (default: the generated world's)")
+    keywords.add_argument("--image-root", default=None, help="image folder of the split file (default: its folder)")
+    keywords.add_argument("--backend", choices=BACKENDS, default="spacy", help="POS/lemma backend (nltk needs NLTK data)")
+    keywords.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL)
+    keywords.add_argument("--top-n", type=int, default=1000)
+    keywords.add_argument("--processes", type=int, default=1, help="spaCy worker processes")
+
+    vectors = sub.add_parser("vectors", help="word vectors: load a pretrained file or train Word2Vec on the captions")
+    _add_common(vectors)
+    vectors.add_argument("--pretrained", default=None, help="word2vec .bin/.txt or gensim .kv file")
+    vectors.add_argument("--dim", type=int, default=300)
+    vectors.add_argument("--seed", type=int, default=0)
 
     for name in NOT_YET_BUILT:
         sub.add_parser(name, help="(not yet built)")
@@ -196,15 +215,32 @@ def cmd_flickr_server(args: argparse.Namespace) -> None:
     serve_corpus(args.corpus, args.port, faults, args.access_log)
 
 
+def cmd_keywords(args: argparse.Namespace) -> None:
+    root = DataRoot.resolve(args.data_root)
+    karpathy = Path(args.karpathy) if args.karpathy else root.world_clean_dir / "dataset_world.json"
+    if not karpathy.is_file():
+        raise FileNotFoundError(f"{karpathy} does not exist: generate the offline world (webvse world) or pass --karpathy")
+    print(f"clean data: {ingest_karpathy(root, karpathy, args.image_root)} images from {karpathy}")
+    counts = run_keywords(root, load_backend(args.backend, args.spacy_model, args.processes), args.top_n)
+    print(f"{counts['keywords']} keywords -> {root.keywords}; dummy tags -> {root.clean_captions}")
+
+
+def cmd_vectors(args: argparse.Namespace) -> None:
+    run_vectors(DataRoot.resolve(args.data_root), args.pretrained, dim=args.dim, seed=args.seed)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in NOT_YET_BUILT:
         print(f"webvse {args.command}: not yet built (see the open issues)", file=sys.stderr)
         return 2
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world, "flickr-server": cmd_flickr_server}
+    handlers = {
+        "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world,
+        "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors,
+    }  # fmt: skip
     try:
         handlers[args.command](args)
-    except (ConfigError, CheckpointError, TableError, CorpusError, ValueError, FileNotFoundError, OSError) as exc:
+    except (ConfigError, CheckpointError, TableError, CorpusError, BackendUnavailable, ValueError, OSError) as exc:
         print(f"webvse: error: {exc}", file=sys.stderr)
         return 2
     return 0

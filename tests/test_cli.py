@@ -84,3 +84,19 @@ def test_world_then_flickr_server_command(tmp_path: Path) -> None:
     assert server.returncode == 0, err
     assert "stopped; served 1 API calls" in out
     assert "lab-key-123" not in out + err + banner
+
+
+def test_world_keywords_vectors_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from storage.tables import KEYWORDS, read_table
+    from tasks.word_vectors import load_keyed_vectors
+
+    root = ["--data-root", str(tmp_path)]
+    assert main(["keywords", *root]) == 2  # no world yet: a clear error
+    assert "webvse world" in capsys.readouterr().err
+    assert main(["world", *root, "--train", "60", "--val", "5", "--test", "10", "--photos-per-object", "2"]) == 0
+    assert main(["keywords", *root, "--top-n", "50"]) == 0
+    keywords = read_table(tmp_path / "keywords.parquet", KEYWORDS)
+    assert 0 < len(keywords) <= 50 and keywords["rank"].tolist() == list(range(1, len(keywords) + 1))
+    assert main(["vectors", *root, "--dim", "16"]) == 0
+    vectors = load_keyed_vectors(tmp_path / "vectors" / "word_vectors.bin")
+    assert vectors.vector_size == 16 and keywords["keyword"].iloc[0] in vectors.key_to_index
