@@ -18,7 +18,9 @@ from storage.checkpoints import CheckpointError
 from storage.layout import DataRoot
 from storage.tables import TableError
 from tasks.clean_data import ingest_karpathy
+from tasks.crawl import CrawlConfig, crawl_local, run_crawl
 from tasks.evaluation import evaluate_run, format_table, stack_runs
+from tasks.flickr_client import FLICKR_REST_URL, BadApiKey, FlickrUnavailable
 from tasks.keywords import run_keywords
 from tasks.text_backends import BACKENDS, DEFAULT_SPACY_MODEL, BackendUnavailable, load_backend
 from tasks.training import RunSettings, default_stage2, train_run
@@ -29,7 +31,7 @@ from webvse_model.datasets.synthetic import SyntheticSizes, generate_synthetic_p
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.train import ConfigError, StageConfig
 
-NOT_YET_BUILT = ("crawl", "features", "run", "search")
+NOT_YET_BUILT = ("features", "run", "search")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -115,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.add_argument("--pretrained", default=None, help="word2vec .bin/.txt or gensim .kv file")
     vectors.add_argument("--dim", type=int, default=300)
     vectors.add_argument("--seed", type=int, default=0)
+
+    crawl = sub.add_parser("crawl", help="search Flickr per keyword, filter as the paper, download (resumable)")
+    _add_common(crawl)
+    where = crawl.add_mutually_exclusive_group()
+    where.add_argument("--api-url", default=FLICKR_REST_URL, help="Flickr REST endpoint (key in FLICKR_API_KEY/FLICKR_API_SECRET)")
+    where.add_argument("--local-corpus", default=None, help="serve this corpus on 127.0.0.1 for the crawl (the offline world)")
+    crawl.add_argument("--per-keyword", type=int, default=200)
+    crawl.add_argument("--per-page", type=int, default=250)
+    crawl.add_argument("--max-keywords", type=int, default=None)
+    crawl.add_argument("--calls-per-hour", type=int, default=3600, help="API calls per key per hour (Flickr allows 3,600)")
+    crawl.add_argument("--download-workers", type=int, default=4)
 
     for name in NOT_YET_BUILT:
         sub.add_parser(name, help="(not yet built)")
@@ -229,6 +242,16 @@ def cmd_vectors(args: argparse.Namespace) -> None:
     run_vectors(DataRoot.resolve(args.data_root), args.pretrained, dim=args.dim, seed=args.seed)
 
 
+def cmd_crawl(args: argparse.Namespace) -> None:
+    root = DataRoot.resolve(args.data_root)
+    settings = dict(per_keyword=args.per_keyword, per_page=args.per_page, max_keywords=args.max_keywords,
+                    calls_per_hour=args.calls_per_hour, download_workers=args.download_workers)  # fmt: skip
+    summary = crawl_local(root, args.local_corpus, **settings) if args.local_corpus else run_crawl(root, CrawlConfig(api_url=args.api_url, **settings))
+    print(f"kept {summary['kept']} photos with {summary['api_calls']} API calls in {summary['seconds']:.1f}s -> {root.web_photos}")
+    for status, count in sorted(summary["statuses"].items()):
+        print(f"  {status:<28}{count:>7}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in NOT_YET_BUILT:
@@ -236,11 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handlers = {
         "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world,
-        "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors,
+        "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors, "crawl": cmd_crawl,
     }  # fmt: skip
     try:
         handlers[args.command](args)
-    except (ConfigError, CheckpointError, TableError, CorpusError, BackendUnavailable, ValueError, OSError) as exc:
+    except (ConfigError, CheckpointError, TableError, CorpusError, BackendUnavailable, BadApiKey, FlickrUnavailable, ValueError, OSError) as exc:
         print(f"webvse: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -63,6 +63,10 @@ class DataRoot:
         return self.web_dir / "photos.parquet"
 
     @property
+    def crawl_progress(self) -> Path:
+        return self.web_dir / "crawl_progress.parquet"
+
+    @property
     def web_images_dir(self) -> Path:
         return self.web_dir / "images"
 

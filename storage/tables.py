@@ -214,3 +214,42 @@ FLICKR_CORPUS = TableSchema(
         ]
     ),
 )
+
+
+WEB_PHOTOS = TableSchema(
+    "web/photos",
+    pa.schema(
+        [
+            ("photo_id", pa.string()),
+            ("owner", pa.string()),
+            ("keyword", pa.string()),
+            ("keyword_rank", pa.int32()),
+            ("keywords", pa.list_(pa.string())),
+            ("tags", pa.list_(pa.string())),
+            ("english_tags", pa.list_(pa.string())),
+            ("title", pa.string()),
+            ("license", pa.int32()),
+            ("url", pa.string()),
+            ("path", pa.string()),
+            ("sha256", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("status", pa.string()),
+            ("fetched_at", pa.string()),
+        ]
+    ),
+)
+CRAWL_PROGRESS = TableSchema(
+    "web/crawl_progress",
+    pa.schema(
+        [
+            ("keyword", pa.string()),
+            ("window_start", pa.int64()),
+            ("window_end", pa.int64()),
+            ("pages_done", pa.int32()),
+            ("done", pa.bool_()),
+            ("split", pa.bool_()),
+            ("api_calls", pa.int64()),
+        ]
+    ),
+)

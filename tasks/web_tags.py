@@ -18,8 +18,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from storage.layout import DataRoot
+from storage.tables import CLEAN_CAPTIONS, read_table
 from tasks.keywords import group_key
-from tasks.text_backends import lemma_of_tag
+from tasks.text_backends import STOP_WORDS, lemma_of_tag
+from tasks.word_vectors import VECTORS_FILE, load_keyed_vectors
 
 NOISE_TAGS: frozenset[str] = frozenset(
     "canon nikon sony iphone android samsung fujifilm fuji olympus pentax leica panasonic lumix gopro dslr slr mirrorless "
@@ -72,3 +75,14 @@ def english_tags(raw_tags: Sequence[str], vocabulary: frozenset[str] | set[str])
 def vocabulary_from(lemma_lists: Iterable[Iterable[str]], extra: Iterable[str] = ()) -> frozenset[str]:
     """The English vocabulary: caption lemmas (grouped) plus e.g. word-vector words."""
     return frozenset(group_key(w) for words in lemma_lists for w in words) | frozenset(group_key(w) for w in extra)
+
+
+def english_vocabulary(root: DataRoot) -> frozenset[str]:
+    """Caption lemmas of ``clean/captions.parquet`` plus the word-vector vocabulary, if any."""
+    if not root.clean_captions.is_file():
+        raise FileNotFoundError(f"{root.clean_captions} does not exist: run the keywords step first (webvse keywords)")
+    captions = read_table(root.clean_captions, CLEAN_CAPTIONS)
+    words = {lemma_of_tag(t) for tokens in captions["tokens"] for t in tokens if t.isalpha() and t not in STOP_WORDS}
+    vectors_file = root.vectors_dir / VECTORS_FILE
+    extra = list(load_keyed_vectors(vectors_file).key_to_index) if vectors_file.is_file() else []
+    return vocabulary_from([words], extra)

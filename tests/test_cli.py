@@ -87,6 +87,8 @@ def test_world_then_flickr_server_command(tmp_path: Path) -> None:
 
 
 def test_world_keywords_vectors_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
     from storage.tables import KEYWORDS, read_table
     from tasks.word_vectors import load_keyed_vectors
 
@@ -100,3 +102,8 @@ def test_world_keywords_vectors_commands(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["vectors", *root, "--dim", "16"]) == 0
     vectors = load_keyed_vectors(tmp_path / "vectors" / "word_vectors.bin")
     assert vectors.vector_size == 16 and keywords["keyword"].iloc[0] in vectors.key_to_index
+    crawl = ["crawl", *root, "--local-corpus", str(tmp_path / "world" / "corpus"), "--per-keyword", "3", "--max-keywords", "5"]
+    assert main(crawl) == 0
+    assert "kept" in capsys.readouterr().out
+    photos = pd.read_parquet(tmp_path / "web" / "photos.parquet")
+    assert 0 < (photos["status"] == "kept").sum() <= 15 and set(photos["keyword"]) <= set(keywords["keyword"].head(5))

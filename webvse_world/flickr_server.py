@@ -46,7 +46,7 @@ MAX_PER_PAGE = 500
 RESULT_CAP = 4000
 DEFAULT_KEY = "webvse-offline-key"
 SORTS = ("date-posted-desc", "date-posted-asc", "relevance", "interestingness-desc", "interestingness-asc")
-IMAGE_PATH = re.compile(r"^/(\d+)/(\d+)_([0-9a-f]+)_([a-z])\.jpg$")
+IMAGE_PATH = re.compile(r"^/(\w+)/(\w+?)_([0-9a-f]+)_([a-z])\.jpg$")
 _OAUTH_KEY = re.compile(r'oauth_consumer_key="([^"]*)"')
 
 

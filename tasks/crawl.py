@@ -1,0 +1,255 @@
+"""Crawl step: one Flickr search per keyword, the paper's four filters, polite downloads.
+
+For each keyword of ``keywords.parquet`` (most frequent first) photos are searched
+page by page (``per_page`` <= 500, never ``walk()``) until ``per_keyword`` photos are
+kept. Flickr serves at most 4,000 results per query: when a keyword needs more, the
+upload-date range is halved and each half searched again, newest first.
+
+**Filters** (in this order, all as in the paper): licence (server-side and checked);
+at least 2 English tags (:func:`tasks.web_tags.english_tags`); at most 5 kept photos per
+owner across the whole crawl; not the same first 5 tags (as given) as a kept photo. A
+photo already decided for another keyword is not decided again: its row records every
+keyword that found it.
+
+**Resumable**: ``web/photos.parquet`` (every decided photo) is the source of truth and
+is rewritten atomically after each page, then ``web/crawl_progress.parquet`` (pages done
+per keyword and date window). A crawl killed anywhere restarts from the last committed
+page; decisions replayed from the table keep the owner and first-5-tag rules exact and
+photo ids unique; images are content-addressed, so a re-download lands on the same file,
+and files no row refers to are removed at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+import requests
+
+from storage.layout import DataRoot
+from storage.tables import CRAWL_PROGRESS, KEYWORDS, WEB_PHOTOS, read_table, write_table
+from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
+from tasks.flickr_client import FLICKR_REST_URL, OFFLINE_KEY, Credentials, FlickrClient, RetryPolicy
+from tasks.web_tags import english_tags, english_vocabulary
+from webvse_world.flickr_server import FlickrServer
+
+RESULT_CAP = 4000
+CC_LICENSES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 9)  # the Creative Commons licences, CC0 included
+FLICKR_LAUNCH = 1072915200  # 2004-01-01
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class CrawlConfig:
+    api_url: str = FLICKR_REST_URL
+    per_keyword: int = 200
+    per_page: int = 250
+    max_keywords: int | None = None
+    search_field: str = "text"
+    sort: str = "relevance"
+    licenses: tuple[int, ...] = CC_LICENSES
+    min_english_tags: int = 2
+    max_per_owner: int = 5
+    first_tags: int = 5
+    size: str = "url_m"
+    calls_per_hour: int = 3600
+    download_workers: int = 4
+    earliest_upload: int = FLICKR_LAUNCH
+    latest_upload: int = 1_893_456_000  # 2030-01-01: fixed, so that windows are the same on every resume
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    download: DownloadPolicy = field(default_factory=DownloadPolicy)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.per_page <= 500:
+            raise ValueError(f"crawl.per_page must be in 1..500, got {self.per_page}")
+        if self.per_keyword < 1 or self.max_per_owner < 1 or self.min_english_tags < 0:
+            raise ValueError("crawl.per_keyword and crawl.max_per_owner must be >= 1, crawl.min_english_tags >= 0")
+        if self.search_field not in ("text", "tags"):
+            raise ValueError(f"crawl.search_field must be 'text' or 'tags', got {self.search_field!r}")
+
+
+class CrawlState:
+    """Every decision so far, and the counters the filters need, rebuilt from the tables."""
+
+    def __init__(self, root: DataRoot) -> None:
+        self.root = root
+        photos = read_table(root.web_photos, WEB_PHOTOS) if root.web_photos.is_file() else pd.DataFrame(columns=WEB_PHOTOS.columns)
+        self.rows: dict[str, dict[str, Any]] = {}
+        for row in photos.to_dict("records"):
+            row["keywords"], row["tags"], row["english_tags"] = list(row["keywords"]), list(row["tags"]), list(row["english_tags"])
+            self.rows[row["photo_id"]] = row
+        self.owner_kept: Counter[str] = Counter()
+        self.first_kept: set[tuple[str, ...]] = set()
+        self.kept_for: Counter[str] = Counter()
+        self.first_tags = 5
+        progress = read_table(root.crawl_progress, CRAWL_PROGRESS) if root.crawl_progress.is_file() else pd.DataFrame(columns=CRAWL_PROGRESS.columns)
+        self.progress = {(r["keyword"], int(r["window_start"]), int(r["window_end"])): r for r in progress.to_dict("records")}
+
+    def replay(self, first_tags: int) -> None:
+        self.first_tags = first_tags
+        for row in self.rows.values():
+            if row["status"] in ("kept", "failed_download"):
+                self.count_kept(row)
+
+    def count_kept(self, row: dict[str, Any]) -> None:
+        self.owner_kept[row["owner"]] += 1
+        self.first_kept.add(tuple(row["tags"][: self.first_tags]))
+        self.kept_for[row["keyword"]] += 1
+
+    def keyword_done(self, keyword: str) -> bool:
+        return any(k[0] == keyword and r["done"] for k, r in self.progress.items() if k[1] == -1)
+
+    def commit(self, window: tuple[str, int, int], pages_done: int, done: bool, split: bool, api_calls: int) -> None:
+        """Photos first, then progress: a crash between the two only repeats a page."""
+        write_table(self.root.web_photos, pd.DataFrame(list(self.rows.values()), columns=WEB_PHOTOS.columns), WEB_PHOTOS)
+        self.progress[window] = {"keyword": window[0], "window_start": window[1], "window_end": window[2],
+                                 "pages_done": pages_done, "done": done, "split": split, "api_calls": api_calls}  # fmt: skip
+        write_table(self.root.crawl_progress, pd.DataFrame(list(self.progress.values())), CRAWL_PROGRESS)
+
+
+class Crawler:
+    def __init__(self, root: DataRoot, config: CrawlConfig, credentials: Credentials, log: Callable[[str], None] = print) -> None:
+        self.root, self.config, self.log = root, config, log
+        self.client = FlickrClient(credentials, config.api_url, config.calls_per_hour, config.retry, log)
+        self.state = CrawlState(root)
+        self.state.replay(config.first_tags)
+        self.vocabulary = english_vocabulary(root)
+        self.session = requests.Session()
+        self.extras = f"tags,owner_name,license,date_upload,{config.size}"
+
+    # ---------------------------------------------------------------- decisions
+    def _decide(self, photo: dict[str, Any], keyword: str, rank: int) -> dict[str, Any] | None:
+        """A new row for an unseen photo (status kept or rejected:...); None if already seen."""
+        cfg, state = self.config, self.state
+        seen = state.rows.get(photo["id"])
+        if seen is not None:
+            if keyword not in seen["keywords"]:
+                seen["keywords"].append(keyword)
+            return None
+        tags = photo.get("tags", "").split()
+        english = english_tags(tags, self.vocabulary)
+        license_id = int(photo.get("license", -1))
+        if license_id not in cfg.licenses:
+            status = "rejected:license"
+        elif len(english) < cfg.min_english_tags:
+            status = "rejected:few_english_tags"
+        elif state.owner_kept[photo["owner"]] >= cfg.max_per_owner:
+            status = "rejected:owner_limit"
+        elif tuple(tags[: cfg.first_tags]) in state.first_kept:
+            status = "rejected:same_first_tags"
+        else:
+            status = "kept"
+        row = {
+            "photo_id": photo["id"], "owner": photo["owner"], "keyword": keyword, "keyword_rank": rank, "keywords": [keyword],
+            "tags": tags, "english_tags": english, "title": photo.get("title", ""), "license": license_id,
+            "url": photo.get(self.config.size, ""), "path": "", "sha256": "", "width": 0, "height": 0, "status": status,
+            "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }  # fmt: skip
+        if status == "kept":
+            state.count_kept(row)
+        return row
+
+    def _download(self, row: dict[str, Any]) -> None:
+        try:
+            got = download_image(self.session, row["url"], self.root, self.config.download)
+        except DownloadRefused as refused:
+            row["status"] = "failed_download"
+            self.log(f"crawl: photo {row['photo_id']}: {refused}")
+            return
+        row.update(path=got.path, sha256=got.sha256, width=got.width, height=got.height)
+
+    # ---------------------------------------------------------------- searching
+    def _window(self, keyword: str, rank: int, lo: int, hi: int, depth: int = 0) -> bool:
+        """Search one date window; True if the keyword reached its target.
+
+        The full range is paged up to the cap; a sub-window that still holds more than
+        the cap is split after its first page instead of paging through known photos.
+        """
+        cfg, state = self.config, self.state
+        key = (keyword, lo, hi)
+        saved = state.progress.get(key)
+        page, capped = (int(saved["pages_done"]) if saved else 0) + 1, bool(saved and saved["split"])
+        finished = bool(saved and saved["done"])
+        while not finished and state.kept_for[keyword] < cfg.per_keyword:
+            if (page - 1) * cfg.per_page >= RESULT_CAP:
+                capped = True
+                break
+            params = {cfg.search_field: keyword, "per_page": cfg.per_page, "page": page, "sort": cfg.sort, "extras": self.extras,
+                      "license": ",".join(map(str, cfg.licenses)), "min_upload_date": lo, "max_upload_date": hi}  # fmt: skip
+            result = self.client.search(**params)
+            new_rows = []
+            for photo in result["photo"]:
+                if state.kept_for[keyword] >= cfg.per_keyword:
+                    break
+                row = self._decide(photo, keyword, rank)
+                if row is not None:
+                    new_rows.append(row)
+            kept = [r for r in new_rows if r["status"] == "kept"]
+            with ThreadPoolExecutor(max(1, cfg.download_workers)) as pool:
+                list(pool.map(self._download, kept))
+            for row in new_rows:
+                state.rows[row["photo_id"]] = row
+            last = page >= result["pages"] or not result["photo"]
+            # a sub-window still over the cap is split after its first page, not paged through
+            capped = capped or (not last and (depth > 0 or page * cfg.per_page >= RESULT_CAP) and result["total"] > RESULT_CAP)
+            finished = last or capped or state.kept_for[keyword] >= cfg.per_keyword
+            state.commit(key, page, finished, capped, self.client.calls)
+            self.log(f"crawl: '{keyword}' page {page}/{result['pages']} (window {lo}..{hi}): {len(kept)} kept, "
+                     f"{state.kept_for[keyword]}/{cfg.per_keyword} for the keyword")  # fmt: skip
+            page += 1
+        if capped and state.kept_for[keyword] < cfg.per_keyword and hi - lo > DAY:
+            mid = (lo + hi) // 2
+            return self._window(keyword, rank, mid + 1, hi, depth + 1) or self._window(keyword, rank, lo, mid, depth + 1)
+        return state.kept_for[keyword] >= cfg.per_keyword
+
+    def run(self) -> dict[str, Any]:
+        cfg, state = self.config, self.state
+        started, calls_before = time.perf_counter(), self.client.calls
+        keywords = read_table(self.root.keywords, KEYWORDS).sort_values("rank")
+        if cfg.max_keywords is not None:
+            keywords = keywords.head(cfg.max_keywords)
+        for keyword, rank in zip(keywords["keyword"], keywords["rank"]):
+            if state.keyword_done(keyword):
+                continue
+            self._window(keyword, int(rank), cfg.earliest_upload, cfg.latest_upload)
+            state.commit((keyword, -1, -1), 0, True, False, self.client.calls)  # the keyword as a whole is finished
+        removed = remove_orphans(self.root, state)
+        statuses = Counter(row["status"] for row in state.rows.values())
+        kept = statuses["kept"]
+        seconds = time.perf_counter() - started
+        summary = {
+            "kept": kept, "statuses": dict(statuses), "api_calls": self.client.calls - calls_before,
+            "seconds": seconds, "orphans_removed": removed,
+            "found_by_several_keywords": sum(len(r["keywords"]) > 1 for r in state.rows.values()),
+        }  # fmt: skip
+        self.log(f"crawl: {kept} photos kept; decisions by status {dict(statuses)}; {summary['api_calls']} API calls in {seconds:.1f}s")
+        return summary
+
+
+def remove_orphans(root: DataRoot, state: CrawlState) -> int:
+    """Delete image files (and temp files) that no row refers to."""
+    referenced = {row["sha256"] for row in state.rows.values() if row["sha256"]}
+    removed = 0
+    if root.web_images_dir.is_dir():
+        for path in root.web_images_dir.rglob("*"):
+            if path.is_file() and (path.name.endswith(".tmp") or path.stem not in referenced):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def run_crawl(root: DataRoot, config: CrawlConfig = CrawlConfig(), credentials: Credentials | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Crawl (or continue crawling) into ``web/``; credentials default to the environment."""
+    return Crawler(root, config, credentials or Credentials.from_environment(config.api_url), log).run()
+
+
+def crawl_local(root: DataRoot, corpus: str, **settings: Any) -> dict[str, Any]:
+    """Crawl the offline world: serve ``corpus`` on 127.0.0.1 for the duration of the crawl."""
+    with FlickrServer(corpus) as server:
+        return run_crawl(root, CrawlConfig(api_url=server.rest_url, **settings), Credentials(OFFLINE_KEY, "unused"))

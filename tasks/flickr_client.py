@@ -1,0 +1,156 @@
+"""A polite Flickr API client: rate limit, retries with backoff, Retry-After, clear key errors.
+
+Wraps ``flickrapi.FlickrAPI(key, secret, format="parsed-json")`` with its REST URL set
+to ``api_url`` (the real Flickr by default; the local server in tests and the demo).
+
+* **Rate limit**: a sliding one-hour window of at most ``calls_per_hour`` calls per key
+  (Flickr's rule: 3,600). Shared by every client of a process that uses the same key.
+* **Retries**: 5xx, 429, timeouts, connection errors and unparseable (truncated) JSON are
+  retried with exponential backoff and jitter; a 429's ``Retry-After`` is honoured
+  (flickrapi drops response headers, so a requests response hook captures it).
+* **Bad key**: Flickr code 100 stops at once with :class:`BadApiKey`.
+* **Secrets**: the key and secret live only inside the flickrapi object; nothing here
+  formats them into a message, and ``repr`` hides them.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import flickrapi
+import requests
+
+from webvse_world.flickr_server import DEFAULT_KEY
+
+FLICKR_REST_URL = "https://api.flickr.com/services/rest/"
+KEY_ENV, SECRET_ENV = "FLICKR_API_KEY", "FLICKR_API_SECRET"
+OFFLINE_KEY = DEFAULT_KEY  # the local server's key: public, not a secret
+
+
+class BadApiKey(RuntimeError):
+    """Flickr refused the key (code 100): retrying cannot help."""
+
+
+class FlickrUnavailable(RuntimeError):
+    """A call kept failing after every retry."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    key: str
+    secret: str
+
+    def __repr__(self) -> str:
+        return "Credentials(key=***, secret=***)"
+
+    @property
+    def key_id(self) -> str:
+        """A non-reversible name for the key (rate-limit bucket, logs)."""
+        return hashlib.sha256(self.key.encode()).hexdigest()[:8]
+
+    @classmethod
+    def from_environment(cls, api_url: str) -> Credentials:
+        key, secret = os.environ.get(KEY_ENV, ""), os.environ.get(SECRET_ENV, "")
+        if key:
+            return cls(key, secret or "unused")
+        if api_url.startswith(("http://127.0.0.1", "http://localhost")):
+            return cls(OFFLINE_KEY, "unused")
+        raise BadApiKey(f"set {KEY_ENV} and {SECRET_ENV} (or a Prefect Secret block) to crawl {api_url}")
+
+
+class HourlyRateLimit:
+    """At most ``calls_per_hour`` calls in any sliding hour, per key; blocks until allowed."""
+
+    _buckets: dict[tuple[str, int], collections.deque[float]] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, key_id: str, calls_per_hour: int, sleep: Callable[[float], None] = time.sleep) -> None:
+        if calls_per_hour < 1:
+            raise ValueError(f"flickr.calls_per_hour must be >= 1, got {calls_per_hour}")
+        self.calls_per_hour, self.sleep = calls_per_hour, sleep
+        with self._lock:
+            self.window = self._buckets.setdefault((key_id, calls_per_hour), collections.deque())
+
+    def acquire(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self.window and now - self.window[0] >= 3600:
+                    self.window.popleft()
+                if len(self.window) < self.calls_per_hour:
+                    self.window.append(now)
+                    return
+                wait = 3600 - (now - self.window[0])
+            self.sleep(wait)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    timeout: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        backoff = min(self.max_delay, self.base_delay * 2**attempt) * rng.uniform(0.5, 1.5)
+        return max(backoff, retry_after or 0.0)
+
+
+class FlickrClient:
+    """``search(**params)`` and ``call(method, **params)`` with the politeness above."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        api_url: str = FLICKR_REST_URL,
+        calls_per_hour: int = 3600,
+        retry: RetryPolicy = RetryPolicy(),
+        log: Callable[[str], None] = print,
+        seed: int = 0,
+    ) -> None:
+        self.api = flickrapi.FlickrAPI(credentials.key, credentials.secret, format="parsed-json", store_token=False)
+        self.api.REST_URL = api_url
+        self.limit = HourlyRateLimit(credentials.key_id, calls_per_hour)
+        self.retry, self.log = retry, log
+        self.calls = 0
+        self._retry_after = threading.local()
+        self._rng = random.Random(seed)
+        self.api.flickr_oauth.session.hooks["response"].append(self._remember_retry_after)
+
+    def _remember_retry_after(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        value = response.headers.get("Retry-After")
+        self._retry_after.value = float(value) if value and value.replace(".", "", 1).isdigit() else None
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        last_problem = ""
+        for attempt in range(self.retry.attempts):
+            self.limit.acquire()
+            self.calls += 1
+            self._retry_after.value = None
+            try:
+                return self.api.do_flickr_call(method, timeout=self.retry.timeout, **params)
+            except flickrapi.FlickrError as err:
+                if err.code == 100:
+                    raise BadApiKey("Flickr refused the API key (code 100: invalid key); check FLICKR_API_KEY") from None
+                if err.code is not None:  # a Flickr answer, not a transport failure: do not retry
+                    raise
+                last_problem = str(err)  # 'Status code 503 received' and the like
+            except (requests.RequestException, ValueError) as err:  # timeouts, resets, truncated JSON
+                last_problem = type(err).__name__
+            wait = self.retry.delay(attempt, getattr(self._retry_after, "value", None), self._rng)
+            self.log(f"flickr: {method} failed ({last_problem}); retry {attempt + 1}/{self.retry.attempts - 1} in {wait:.2f}s")
+            time.sleep(wait)
+        raise FlickrUnavailable(f"{method} failed {self.retry.attempts} times; last: {last_problem}")
+
+    def search(self, **params: Any) -> dict[str, Any]:
+        """One page of ``flickr.photos.search`` (``photos`` part, counts as ints)."""
+        photos = self.call("flickr.photos.search", **params)["photos"]
+        return {**photos, "page": int(photos["page"]), "pages": int(photos["pages"]), "total": int(photos["total"])}
