@@ -116,7 +116,7 @@ class CrawlState:
 class Crawler:
     def __init__(self, root: DataRoot, config: CrawlConfig, credentials: Credentials, log: Callable[[str], None] = print) -> None:
         self.root, self.config, self.log = root, config, log
-        self.client = FlickrClient(credentials, config.api_url, config.calls_per_hour, config.retry, log)
+        self.client = FlickrClient(credentials, config.api_url, config.calls_per_hour, config.retry, log, rate_state_dir=root.web_dir)
         self.state = CrawlState(root)
         self.state.replay(config.first_tags)
         self.vocabulary = english_vocabulary(root)

@@ -16,6 +16,7 @@ to ``api_url`` (the real Flickr by default; the local server in tests and the de
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
 import os
 import random
@@ -23,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import flickrapi
@@ -67,28 +69,58 @@ class Credentials:
 
 
 class HourlyRateLimit:
-    """At most ``calls_per_hour`` calls in any sliding hour, per key; blocks until allowed."""
+    """At most ``calls_per_hour`` calls in any sliding hour per key; ``acquire`` blocks until allowed.
+
+    With ``state_file`` the window lives in that file under an exclusive ``flock``, so
+    every process crawling with the same key (CLI runs, workers on one machine) shares
+    one budget; without it, the threads of this process share one in memory.
+    """
 
     _buckets: dict[tuple[str, int], collections.deque[float]] = {}
     _lock = threading.Lock()
 
-    def __init__(self, key_id: str, calls_per_hour: int, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, key_id: str, calls_per_hour: int, state_file: Path | None = None, sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
         if calls_per_hour < 1:
             raise ValueError(f"flickr.calls_per_hour must be >= 1, got {calls_per_hour}")
-        self.calls_per_hour, self.sleep = calls_per_hour, sleep
+        self.calls_per_hour, self.state_file, self.sleep, self.clock = calls_per_hour, state_file, sleep, clock
         with self._lock:
             self.window = self._buckets.setdefault((key_id, calls_per_hour), collections.deque())
 
+    def _try(self, window: collections.deque[float]) -> float:
+        """Take a slot (0.0) or say how long to wait."""
+        now = self.clock()
+        while window and now - window[0] >= 3600:
+            window.popleft()
+        if len(window) < self.calls_per_hour:
+            window.append(now)
+            return 0.0
+        return 3600 - (now - window[0])
+
+    def _try_shared(self) -> float:
+        assert self.state_file is not None
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.state_file, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            window = collections.deque(float(x) for x in handle.read().split())
+            wait = self._try(window)
+            handle.seek(0)
+            handle.truncate()
+            handle.write("\n".join(f"{t:.3f}" for t in window))
+            return wait
+
     def acquire(self) -> None:
         while True:
-            with self._lock:
-                now = time.monotonic()
-                while self.window and now - self.window[0] >= 3600:
-                    self.window.popleft()
-                if len(self.window) < self.calls_per_hour:
-                    self.window.append(now)
-                    return
-                wait = 3600 - (now - self.window[0])
+            if self.state_file is not None:
+                wait = self._try_shared()
+            else:
+                with self._lock:
+                    wait = self._try(self.window)
+            if wait <= 0:
+                return
             self.sleep(wait)
 
 
@@ -115,10 +147,12 @@ class FlickrClient:
         retry: RetryPolicy = RetryPolicy(),
         log: Callable[[str], None] = print,
         seed: int = 0,
+        rate_state_dir: Path | None = None,
     ) -> None:
         self.api = flickrapi.FlickrAPI(credentials.key, credentials.secret, format="parsed-json", store_token=False)
         self.api.REST_URL = api_url
-        self.limit = HourlyRateLimit(credentials.key_id, calls_per_hour)
+        state = rate_state_dir / f"api-calls-{credentials.key_id}.log" if rate_state_dir is not None else None
+        self.limit = HourlyRateLimit(credentials.key_id, calls_per_hour, state)
         self.retry, self.log = retry, log
         self.calls = 0
         self._retry_after = threading.local()

@@ -216,3 +216,25 @@ def test_sigkill_then_rerun_ends_with_the_same_set_and_no_secret_anywhere(tmp_pa
             if path.is_file():
                 assert secret.encode() not in path.read_bytes(), path
     assert json.loads(json.dumps(str(Credentials(key, "x")))) == "Credentials(key=***, secret=***)"
+
+
+def test_hourly_rate_limit_is_shared_through_its_file(tmp_path: Path) -> None:
+    from tasks.flickr_client import HourlyRateLimit
+
+    now = [1000.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    state = tmp_path / "calls.log"
+    first = HourlyRateLimit("k", 3, state, sleep=sleep, clock=lambda: now[0])
+    second = HourlyRateLimit("k", 3, state, sleep=sleep, clock=lambda: now[0])  # another process, same file
+    for limiter in (first, second, first):
+        limiter.acquire()
+        now[0] += 10
+    assert slept == []
+    second.acquire()  # the 4th call within the hour waits until the 1st leaves the window
+    assert slept == [pytest.approx(3600 - 30)]
+    assert len(state.read_text().split()) == 3
