@@ -20,6 +20,7 @@ from storage.tables import TableError
 from tasks.clean_data import ingest_karpathy
 from tasks.crawl import CrawlConfig, crawl_local, run_crawl
 from tasks.evaluation import evaluate_run, format_table, stack_runs
+from tasks.features import FeatureSettings, compute_features, images_to_encode
 from tasks.flickr_client import FLICKR_REST_URL, BadApiKey, FlickrUnavailable
 from tasks.keywords import run_keywords
 from tasks.text_backends import BACKENDS, DEFAULT_SPACY_MODEL, BackendUnavailable, load_backend
@@ -27,11 +28,12 @@ from tasks.training import RunSettings, default_stage2, train_run
 from tasks.training_data import DataSource
 from tasks.word_vectors import run_vectors
 from tasks.world import CleanSizes, CorpusError, Faults, WebSizes, WorldSettings, generate_world, serve_corpus
+from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS, EncoderUnavailable
 from webvse_model.datasets.synthetic import SyntheticSizes, generate_synthetic_precomp
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.train import ConfigError, StageConfig
 
-NOT_YET_BUILT = ("features", "run", "search")
+NOT_YET_BUILT = ("run", "search")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -128,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     crawl.add_argument("--max-keywords", type=int, default=None)
     crawl.add_argument("--calls-per-hour", type=int, default=3600, help="API calls per key per hour (Flickr allows 3,600)")
     crawl.add_argument("--download-workers", type=int, default=4)
+
+    features = sub.add_parser("features", help="pretrained CNN features of the clean and web images (cached by content)")
+    _add_common(features)
+    features.add_argument("--which", choices=("clean", "web", "all"), default="all")
+    features.add_argument("--encoder", choices=sorted(ENCODERS), default=DEFAULT_ENCODER)
+    features.add_argument("--weights-path", default=None, help="local weights file (resnet152/vgg19 without internet)")
+    features.add_argument("--batch-size", type=int, default=64)
+    features.add_argument("--workers", type=int, default=2, help="DataLoader decode workers")
 
     for name in NOT_YET_BUILT:
         sub.add_parser(name, help="(not yet built)")
@@ -252,6 +262,13 @@ def cmd_crawl(args: argparse.Namespace) -> None:
         print(f"  {status:<28}{count:>7}")
 
 
+def cmd_features(args: argparse.Namespace) -> None:
+    root = DataRoot.resolve(args.data_root)
+    settings = FeatureSettings(args.encoder, args.weights_path, args.batch_size, args.workers, device=args.device)
+    result = compute_features(root, images_to_encode(root, args.which), settings)
+    print(f"{result['computed']} computed, {result['cached']} cached, {result['failed']} failed -> {root.features_dir(result['encoder_id'])}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in NOT_YET_BUILT:
@@ -260,10 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world,
         "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors, "crawl": cmd_crawl,
+        "features": cmd_features,
     }  # fmt: skip
     try:
         handlers[args.command](args)
-    except (ConfigError, CheckpointError, TableError, CorpusError, BackendUnavailable, BadApiKey, FlickrUnavailable, ValueError, OSError) as exc:
+    except (ConfigError, CheckpointError, TableError, CorpusError, BackendUnavailable, BadApiKey, FlickrUnavailable, EncoderUnavailable, ValueError, OSError) as exc:
         print(f"webvse: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -107,3 +107,8 @@ def test_world_keywords_vectors_commands(tmp_path: Path, capsys: pytest.CaptureF
     assert "kept" in capsys.readouterr().out
     photos = pd.read_parquet(tmp_path / "web" / "photos.parquet")
     assert 0 < (photos["status"] == "kept").sum() <= 15 and set(photos["keyword"]) <= set(keywords["keyword"].head(5))
+    assert main(["features", *root, "--workers", "0", "--batch-size", "16", "--device", "cpu"]) == 0
+    assert "0 failed" in capsys.readouterr().out
+    shards = list((tmp_path / "features" / "efficientnet-lite0-r256c224-tflite").glob("part-*.parquet"))
+    encoded = pd.concat([pd.read_parquet(p) for p in shards])
+    assert len(encoded) == 75 + (photos["status"] == "kept").sum() - photos.loc[photos["status"] == "kept", "sha256"].duplicated().sum()

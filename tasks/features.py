@@ -1,0 +1,181 @@
+"""Features step: every clean and web image -> a CNN feature row, computed once.
+
+Rows live in Parquet shards under ``features/<encoder id>/`` keyed by the image's
+sha256 (the encoder id names model *and* preprocessing). Only images without a row
+are computed, so a new image set that overlaps an old one costs only the difference.
+Images that cannot be decoded (zero bytes, truncated, HTML saved as .jpg, bombs) are
+recorded with a reason in ``failures.parquet`` of the same folder and skipped;
+greyscale, CMYK, palette and alpha images are converted to RGB (alpha over white).
+
+Throughput: a DataLoader with worker processes decodes and resizes; on CUDA pinned
+memory, non-blocking copies, channels_last and bf16 autocast; ``inference_mode``
+always. Shards are written as they fill (memory stays flat) and atomically, so a run
+killed mid-way resumes without recomputing finished shards and never sees a partial one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from storage.layout import DataRoot
+from storage.tables import (
+    CLEAN_IMAGES,
+    WEB_PHOTOS,
+    TableSchema,
+    append_rows,
+    append_shard,
+    feature_schema,
+    read_shards,
+    read_table,
+)
+from webvse_model.cnn import DEFAULT_ENCODER, build_encoder
+from webvse_model.train import pick_device
+
+FAILURES = TableSchema("features/failures", pa.schema([("sha256", pa.string()), ("path", pa.string()), ("reason", pa.string())]))
+MAX_PIXELS = 60_000_000
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open any image as RGB; raises ValueError with a short reason when it cannot."""
+    source = Path(path)
+    if not source.is_file():
+        raise ValueError("missing file")
+    if source.stat().st_size == 0:
+        raise ValueError("zero bytes")
+    try:
+        with Image.open(source) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ValueError(f"{image.width}x{image.height} exceeds the pixel guard")
+            image.load()
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+                canvas.paste(rgba, mask=rgba.getchannel("A"))
+                return canvas
+            return image.convert("RGB")
+    except ValueError:
+        raise
+    except Image.DecompressionBombError:
+        raise ValueError("decompression bomb") from None
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"not a decodable image ({type(exc).__name__})") from None
+
+
+class ImageFiles(Dataset):
+    """(index, tensor or None, reason) per image; decoding happens in the workers."""
+
+    def __init__(self, paths: list[str], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return index, self.transform(load_rgb(self.paths[index])), ""
+        except ValueError as problem:
+            return index, None, str(problem)
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    good = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, reason) for i, x, reason in items if x is None]
+    return [i for i, _ in good], torch.stack([x for _, x in good]) if good else None, bad
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    encoder: str = DEFAULT_ENCODER
+    weights_path: str | None = None
+    batch_size: int = 64
+    workers: int = 2
+    shard_rows: int = 2048
+    device: str = "auto"
+
+
+def images_to_encode(root: DataRoot, which: str = "all") -> pd.DataFrame:
+    """``sha256, path`` of the clean images and/or the kept web photos."""
+    frames = []
+    if which in ("clean", "all") and root.clean_images.is_file():
+        frames.append(read_table(root.clean_images, CLEAN_IMAGES)[["sha256", "path"]])
+    if which in ("web", "all") and root.web_photos.is_file():
+        web = read_table(root.web_photos, WEB_PHOTOS)
+        web = web[(web["status"] == "kept") & (web["sha256"] != "")]
+        frames.append(pd.DataFrame({"sha256": web["sha256"], "path": [str(root.root / p) for p in web["path"]]}))
+    if not frames:
+        raise FileNotFoundError(f"no images to encode under {root.root}: run the keywords (clean data) and crawl steps first")
+    return pd.concat(frames, ignore_index=True).drop_duplicates("sha256")
+
+
+def compute_features(
+    root: DataRoot, images: pd.DataFrame, settings: FeatureSettings = FeatureSettings(), log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Encode the images that have no row yet; returns counts and throughput."""
+    spec, net, _ = build_encoder(settings.encoder, settings.weights_path)
+    folder = root.features_dir(spec.encoder_id)
+    schema = feature_schema(spec.dim)
+    for orphan in folder.glob(".*.tmp") if folder.is_dir() else ():  # a shard write cut short by a kill
+        orphan.unlink(missing_ok=True)
+    done = set(read_shards(folder, schema).column("sha256").to_pylist())
+    failures_path = folder / "failures.parquet"
+    failed = set(read_table(failures_path, FAILURES)["sha256"]) if failures_path.is_file() else set()
+    todo = images[~images["sha256"].isin(done | failed)].drop_duplicates("sha256").reset_index(drop=True)
+    counts = {"images": len(images), "cached": len(images) - len(todo), "computed": 0, "failed": 0}
+    if todo.empty:
+        log(f"features: all {len(images)} images already encoded with {spec.encoder_id}")
+        return {**counts, "encoder_id": spec.encoder_id, "seconds": 0.0, "images_per_second": 0.0}
+    device = pick_device(settings.device)
+    net = net.to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+    loader = DataLoader(
+        ImageFiles(todo["path"].tolist(), spec.transform()), batch_size=settings.batch_size, num_workers=settings.workers,
+        collate_fn=_collate, pin_memory=cuda, persistent_workers=False,
+    )  # fmt: skip
+    started = time.perf_counter()
+    pending_sha: list[str] = []
+    pending_vec: list[np.ndarray] = []
+
+    def flush() -> None:
+        if pending_sha:
+            append_shard(folder, pd.DataFrame({"sha256": pending_sha, "feature": list(np.concatenate(pending_vec))}), schema)
+            pending_sha.clear()
+            pending_vec.clear()
+
+    with torch.inference_mode():
+        for batch_number, (indices, batch, bad) in enumerate(loader):
+            if bad:
+                rows = pd.DataFrame([{"sha256": todo["sha256"][i], "path": todo["path"][i], "reason": r} for i, r in bad])
+                append_rows(failures_path, rows, FAILURES)
+                counts["failed"] += len(bad)
+            if batch is None:
+                continue
+            x = batch.to(device, non_blocking=True)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                out = net(x)
+            pending_vec.append(out.float().cpu().numpy())
+            pending_sha.extend(todo["sha256"][i] for i in indices)
+            counts["computed"] += len(indices)
+            if len(pending_sha) >= settings.shard_rows:
+                flush()
+            if batch_number % 20 == 0:
+                log(f"features: {counts['computed'] + counts['failed']}/{len(todo)} images ({spec.encoder_id}, {device})")
+    flush()
+    seconds = time.perf_counter() - started
+    rate = counts["computed"] / seconds if seconds else 0.0
+    log(f"features: {counts['computed']} computed, {counts['cached']} cached, {counts['failed']} failed in {seconds:.1f}s ({rate:.1f} img/s)")
+    return {**counts, "encoder_id": spec.encoder_id, "seconds": seconds, "images_per_second": rate}

