@@ -29,6 +29,7 @@ from tasks.training_data import DataSource
 from tasks.word_vectors import run_vectors
 from tasks.world import CleanSizes, CorpusError, Faults, WebSizes, WorldSettings, generate_world, serve_corpus
 from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS, EncoderUnavailable
+from webvse_model.datasets.flickr8k import flickr8k_to_karpathy
 from webvse_model.datasets.synthetic import SyntheticSizes, generate_synthetic_precomp
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.train import ConfigError, StageConfig
@@ -45,6 +46,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--loss", choices=("vse", "vse++"), default="vse++", help="sum of negatives (VSE) or hardest (VSE++)")
     g.add_argument("--lambda-tag", type=float, default=1.0, help="weight of L_IT in Stage I; 0 = baseline")
+    g.add_argument("--warmup-epochs", type=int, default=0, help="with vse++: first epochs on the sum of negatives")
     g.add_argument("--epochs", type=int, default=30)
     g.add_argument("--lr", type=float, default=2e-4)
     g.add_argument("--lr-decay-every", type=int, default=10)
@@ -139,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--batch-size", type=int, default=64)
     features.add_argument("--workers", type=int, default=2, help="DataLoader decode workers")
 
+    flickr8k = sub.add_parser("import-flickr8k", help="Flickr8k image,caption CSV -> a Karpathy split file (fixed 80/10/10 split)")
+    _add_common(flickr8k)
+    flickr8k.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k-1k"),
+                          help="folder with captions.txt and images/ (default: ../shared/data/flickr8k-1k)")  # fmt: skip
+
     for name in NOT_YET_BUILT:
         sub.add_parser(name, help="(not yet built)")
     return parser
@@ -153,6 +160,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         loss=args.loss,
         lambda_tag=args.lambda_tag,
         seed=args.seed,
+        warmup_epochs=args.warmup_epochs,
     )
     stage2 = default_stage2(stage1, args.stage2_epochs, not args.no_curriculum) if args.stage2_epochs > 0 else None
     return RunSettings(
@@ -269,6 +277,15 @@ def cmd_features(args: argparse.Namespace) -> None:
     print(f"{result['computed']} computed, {result['cached']} cached, {result['failed']} failed -> {root.features_dir(result['encoder_id'])}")
 
 
+def cmd_import_flickr8k(args: argparse.Namespace) -> None:
+    root = DataRoot.resolve(args.data_root)
+    source = Path(args.source)
+    target = root.root / "flickr8k" / "dataset_flickr8k.json"
+    counts = flickr8k_to_karpathy(source / "captions.txt", source / "images", target)
+    print(f"{counts} images -> {target}")
+    print(f"next: webvse keywords --karpathy {target} --image-root {source / 'images'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in NOT_YET_BUILT:
@@ -277,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world,
         "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors, "crawl": cmd_crawl,
-        "features": cmd_features,
+        "features": cmd_features, "import-flickr8k": cmd_import_flickr8k,
     }  # fmt: skip
     try:
         handlers[args.command](args)

@@ -13,9 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, feature_dim, feature_schema, features_matrix, read_shards, read_table
+from tasks.keywords import union_in_order
+from tasks.word_vectors import VECTORS_FILE, load_keyed_vectors, tag_features
 from webvse_model.data import CaptionedImages, WebPairs, pad_token_ids
 from webvse_model.datasets.precomp import read_precomp_split, read_precomp_web
 from webvse_model.text import Vocabulary, tokenize
@@ -87,7 +90,18 @@ def _parquet_split(source: DataSource, split: str, grouped: bool) -> RawSplit:
             short = images["image_id"][int(np.argmax(per_image.to_numpy() < k))]
             raise ValueError(f"split {split!r}: image {short} has fewer than {k} captions in {root.clean_captions}")
         captions = captions.groupby("image_row", sort=True).head(k)
-    return RawSplit(features, captions["text"].tolist(), captions["image_row"].to_numpy())
+    return RawSplit(features, captions["text"].tolist(), captions["image_row"].to_numpy(), _tag_vectors(root, captions, len(images)))
+
+
+def _tag_vectors(root: DataRoot, captions: pd.DataFrame, num_images: int) -> np.ndarray | None:
+    """Mean word vector of each image's dummy tags, when the keywords and vectors steps ran."""
+    vectors_file = root.vectors_dir / VECTORS_FILE
+    if not vectors_file.is_file() or not captions["dummy_tags"].map(len).any():
+        return None
+    tags: list[list[str]] = [[] for _ in range(num_images)]
+    for row, group in captions.groupby("image_row", sort=True):
+        tags[int(row)] = union_in_order(group["dummy_tags"])
+    return tag_features(tags, load_keyed_vectors(vectors_file)).vectors
 
 
 def read_split(source: DataSource, split: str, grouped: bool = True) -> RawSplit:

@@ -112,3 +112,9 @@ def test_world_keywords_vectors_commands(tmp_path: Path, capsys: pytest.CaptureF
     shards = list((tmp_path / "features" / "efficientnet-lite0-r256c224-tflite").glob("part-*.parquet"))
     encoded = pd.concat([pd.read_parquet(p) for p in shards])
     assert len(encoded) == 75 + (photos["status"] == "kept").sum() - photos.loc[photos["status"] == "kept", "sha256"].duplicated().sum()
+    # Stage I with the tag loss straight from the data root: dummy tags + word vectors -> tag vectors
+    train = ["train", *root, "--parquet-root", str(tmp_path), "--feature-model", "efficientnet-lite0-r256c224-tflite",
+             "--run-id", "pq", "--epochs", "1", "--embed-dim", "32", "--hidden-dim", "32", "--gru-hidden", "32",
+             "--word-dim", "16", "--device", "cpu"]  # fmt: skip
+    assert main(train) == 0
+    assert "tags 16-d" in capsys.readouterr().out

@@ -60,3 +60,14 @@ def test_bad_arguments_are_named() -> None:
         ranking_loss(IMAGES, TEXTS[:2])
     with pytest.raises(ValueError, match="image_ids"):
         ranking_loss(IMAGES, TEXTS, torch.tensor([0, 1]))
+
+
+def test_vsepp_warmup_uses_the_sum_of_negatives_first() -> None:
+    from webvse_model.encoders import JointEmbedding, ModelConfig
+    from webvse_model.train import StageConfig, Trainer
+
+    model = JointEmbedding(ModelConfig(image_dim=3, vocab_size=5, embed_dim=3, hidden_dim=3, word_dim=2, gru_hidden=2))
+    trainer = Trainer(model, StageConfig(warmup_epochs=2), "/nonexistent-unused", torch.device("cpu"), log=lambda m: None)
+    for epoch, expected in ((0, 2.4), (1, 2.4), (2, 2.0)):  # the hand-computed VSE and VSE++ values above
+        trainer._epoch = epoch
+        assert trainer._loss(IMAGES, TEXTS, torch.arange(3)).item() == pytest.approx(expected, abs=1e-6)

@@ -63,6 +63,7 @@ class StageConfig:
     lambda_sentence: float = 1.0
     lambda_tag: float = 1.0
     seed: int = 0
+    warmup_epochs: int = 0  # with vse++: first epochs on the sum of negatives, against early collapse on small data
     curriculum: CurriculumSchedule = field(default_factory=CurriculumSchedule)
 
     def __post_init__(self) -> None:
@@ -81,6 +82,7 @@ class StageConfig:
         need(self.lambda_sentence >= 0, "lambda_sentence", "must be >= 0")
         need(self.lambda_tag >= 0, "lambda_tag", "must be >= 0")
         need(self.lambda_sentence + self.lambda_tag > 0, "lambda_tag", "and lambda_sentence cannot both be 0")
+        need(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,6 +180,7 @@ class Trainer:
         self.store = CheckpointStore(checkpoint_dir)
         self.on_epoch = on_epoch
         self.log = log
+        self._epoch = 0
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_decay_every, gamma=config.lr_decay)
 
@@ -215,7 +218,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- one epoch
     def _loss(self, images: torch.Tensor, texts: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return ranking_loss(images.float(), texts.float(), ids, self.config.margin, self.config.loss)  # type: ignore[arg-type]
+        variant = "vse" if self._epoch < self.config.warmup_epochs else self.config.loss
+        return ranking_loss(images.float(), texts.float(), ids, self.config.margin, variant)  # type: ignore[arg-type]
 
     def _caption_step_loss(self, data: CaptionedImages, rows: np.ndarray) -> torch.Tensor:
         cfg = self.config
@@ -248,6 +252,7 @@ class Trainer:
         return list(batch_slices(order, cfg.batch_size))
 
     def _train_epoch(self, train: CaptionedImages | WebPairs, epoch: int) -> float:
+        self._epoch = epoch
         self.model.train()
         batches = self._epoch_batches(train, epoch)
         if not batches:
