@@ -127,7 +127,10 @@ def read_arrow(path: str | Path, spec: TableSchema) -> pa.Table:
     if not source.is_file():
         raise TableError(f"{spec.name}: no table at {source}")
     try:
-        table = pq.read_table(source)
+        # one open file: reading by path lets pyarrow stat and open separately, and a
+        # concurrent atomic replace in between mixes the old file's size with the new bytes
+        with open(source, "rb") as handle:
+            table = pq.read_table(handle)
     except (pa.ArrowInvalid, OSError) as exc:
         raise TableError(f"{spec.name}: {source} is not a readable Parquet file: {exc}") from exc
     return _to_arrow(table, spec, source)

@@ -120,3 +120,34 @@ def test_data_root_paths_and_safety(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(ValueError, match="not a safe folder name"):
         root.run_dir("../escape")
     assert root.latest_run() is None
+
+
+def test_readers_never_see_a_torn_table_while_it_is_replaced(tmp_path: Path) -> None:
+    import threading
+
+    target = tmp_path / "k.parquet"
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def frame(n: int) -> pd.DataFrame:
+        return pd.DataFrame({"keyword": [f"w{i}" for i in range(n)], "count": list(range(n)), "rank": list(range(n)),
+                             "variants": [[f"v{i}"] * (i % 3) for i in range(n)]})  # fmt: skip
+
+    write_table(target, frame(1), KEYWORDS)
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                read_table(target, KEYWORDS)
+            except Exception as exc:  # any torn read is a failure
+                errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for n in range(2, 300):
+        write_table(target, frame(n % 50 + 1), KEYWORDS)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:1]
