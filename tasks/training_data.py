@@ -16,7 +16,16 @@ import numpy as np
 import pandas as pd
 
 from storage.layout import DataRoot
-from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, feature_dim, feature_schema, features_matrix, read_shards, read_table
+from storage.tables import (
+    CLEAN_CAPTIONS,
+    CLEAN_IMAGES,
+    WEB_PHOTOS,
+    feature_dim,
+    feature_schema,
+    features_matrix,
+    read_shards,
+    read_table,
+)
 from tasks.keywords import union_in_order
 from tasks.word_vectors import VECTORS_FILE, load_keyed_vectors, tag_features
 from webvse_model.data import CaptionedImages, WebPairs, pad_token_ids
@@ -117,8 +126,28 @@ def load_split(source: DataSource, split: str, vocab: Vocabulary, grouped: bool 
 
 
 def load_web(source: DataSource) -> WebPairs | None:
-    """Stage II web pairs of the source, or None (parquet web pairs arrive with the crawl step)."""
-    if source.kind != "precomp":
+    """Stage II web pairs of the source, or None when it has none.
+
+    From a data root: the crawl's kept photos that have features and at least one
+    English tag with a word vector (the others are counted in the name, not used).
+    """
+    if source.kind == "precomp":
+        web = read_precomp_web(source.path)
+        return None if web is None else WebPairs(web.features, web.tag_vectors, web.keyword_rank, name=f"{source.path}:web")
+    root = DataRoot.resolve(source.path)
+    vectors_file = root.vectors_dir / VECTORS_FILE
+    if not root.web_photos.is_file() or not vectors_file.is_file():
         return None
-    web = read_precomp_web(source.path)
-    return None if web is None else WebPairs(web.features, web.tag_vectors, web.keyword_rank, name=f"{source.path}:web")
+    photos = read_table(root.web_photos, WEB_PHOTOS)
+    photos = photos[(photos["status"] == "kept") & (photos["sha256"] != "")].drop_duplicates("sha256").reset_index(drop=True)
+    folder = root.features_dir(source.feature_model)
+    table = read_shards(folder, feature_schema(feature_dim(folder)))
+    row_of = {sha: i for i, sha in enumerate(table.column("sha256").to_pylist())}
+    photos = photos[photos["sha256"].isin(row_of)].reset_index(drop=True)
+    tags = tag_features([list(t) for t in photos["english_tags"]], load_keyed_vectors(vectors_file))
+    usable = np.flatnonzero(tags.has_vector)
+    if len(usable) == 0:
+        return None
+    features = features_matrix(table, feature_dim(folder))[[row_of[photos["sha256"][i]] for i in usable]]
+    name = f"{root.web_photos} ({len(usable)} pairs; {tags.excluded} photos without a known tag left out)"
+    return WebPairs(features, tags.vectors[usable], photos["keyword_rank"].to_numpy()[usable], name=name)

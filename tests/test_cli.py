@@ -118,3 +118,6 @@ def test_world_keywords_vectors_commands(tmp_path: Path, capsys: pytest.CaptureF
              "--word-dim", "16", "--device", "cpu"]  # fmt: skip
     assert main(train) == 0
     assert "tags 16-d" in capsys.readouterr().out
+    # Stage II on the crawled web photos: their features and English tags from the same data root
+    assert main([*train, "--run-id", "pq2", "--stage2-epochs", "1"]) == 0  # the later --run-id wins
+    assert "stage2: best val rsum" in capsys.readouterr().out
