@@ -7,22 +7,14 @@ dataset that shares an image. A missing image file is an error naming it.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
 
+from storage.checkpoints import sha256_file
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, write_table
 from webvse_model.datasets.karpathy import read_karpathy
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def ingest_karpathy(root: DataRoot, json_path: str | Path, image_root: str | Path | None = None) -> dict[str, int]:
@@ -36,7 +28,7 @@ def ingest_karpathy(root: DataRoot, json_path: str | Path, image_root: str | Pat
             "image_id": [r.image_id for r in dataset.images],
             "split": [r.split for r in dataset.images],
             "path": [str(r.path) for r in dataset.images],
-            "sha256": [sha256_of(r.path) for r in dataset.images],
+            "sha256": [sha256_file(r.path) for r in dataset.images],
         }
     )
     captions = pd.DataFrame(

@@ -27,13 +27,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import requests
 
 from storage.layout import DataRoot
-from storage.tables import CRAWL_PROGRESS, KEYWORDS, WEB_PHOTOS, read_table, write_table
+from storage.tables import CRAWL_PROGRESS, KEYWORDS, WEB_PHOTOS, TableSchema, read_table, write_table
 from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
 from tasks.flickr_client import FLICKR_REST_URL, OFFLINE_KEY, Credentials, FlickrClient, RetryPolicy
 from tasks.web_tags import english_tags, english_vocabulary
@@ -74,28 +75,27 @@ class CrawlConfig:
             raise ValueError(f"crawl.search_field must be 'text' or 'tags', got {self.search_field!r}")
 
 
+def _read_or_empty(path: Path, spec: TableSchema) -> pd.DataFrame:
+    return read_table(path, spec) if path.is_file() else pd.DataFrame(columns=spec.columns)
+
+
 class CrawlState:
     """Every decision so far, and the counters the filters need, rebuilt from the tables."""
 
-    def __init__(self, root: DataRoot) -> None:
-        self.root = root
-        photos = read_table(root.web_photos, WEB_PHOTOS) if root.web_photos.is_file() else pd.DataFrame(columns=WEB_PHOTOS.columns)
+    def __init__(self, root: DataRoot, first_tags: int = 5) -> None:
+        self.root, self.first_tags = root, first_tags
         self.rows: dict[str, dict[str, Any]] = {}
-        for row in photos.to_dict("records"):
+        for row in _read_or_empty(root.web_photos, WEB_PHOTOS).to_dict("records"):
             row["keywords"], row["tags"], row["english_tags"] = list(row["keywords"]), list(row["tags"]), list(row["english_tags"])
             self.rows[row["photo_id"]] = row
         self.owner_kept: Counter[str] = Counter()
         self.first_kept: set[tuple[str, ...]] = set()
         self.kept_for: Counter[str] = Counter()
-        self.first_tags = 5
-        progress = read_table(root.crawl_progress, CRAWL_PROGRESS) if root.crawl_progress.is_file() else pd.DataFrame(columns=CRAWL_PROGRESS.columns)
-        self.progress = {(r["keyword"], int(r["window_start"]), int(r["window_end"])): r for r in progress.to_dict("records")}
-
-    def replay(self, first_tags: int) -> None:
-        self.first_tags = first_tags
-        for row in self.rows.values():
+        for row in self.rows.values():  # replay: the filters' counters follow from the decisions
             if row["status"] in ("kept", "failed_download"):
                 self.count_kept(row)
+        progress = _read_or_empty(root.crawl_progress, CRAWL_PROGRESS)
+        self.progress = {(r["keyword"], int(r["window_start"]), int(r["window_end"])): r for r in progress.to_dict("records")}
 
     def count_kept(self, row: dict[str, Any]) -> None:
         self.owner_kept[row["owner"]] += 1
@@ -103,7 +103,7 @@ class CrawlState:
         self.kept_for[row["keyword"]] += 1
 
     def keyword_done(self, keyword: str) -> bool:
-        return any(k[0] == keyword and r["done"] for k, r in self.progress.items() if k[1] == -1)
+        return bool(self.progress.get((keyword, -1, -1), {}).get("done", False))
 
     def commit(self, window: tuple[str, int, int], pages_done: int, done: bool, split: bool, api_calls: int) -> None:
         """Photos first, then progress: a crash between the two only repeats a page."""
@@ -117,8 +117,7 @@ class Crawler:
     def __init__(self, root: DataRoot, config: CrawlConfig, credentials: Credentials, log: Callable[[str], None] = print) -> None:
         self.root, self.config, self.log = root, config, log
         self.client = FlickrClient(credentials, config.api_url, config.calls_per_hour, config.retry, log, rate_state_dir=root.web_dir)
-        self.state = CrawlState(root)
-        self.state.replay(config.first_tags)
+        self.state = CrawlState(root, config.first_tags)
         self.vocabulary = english_vocabulary(root)
         self.session = requests.Session()
         self.extras = f"tags,owner_name,license,date_upload,{config.size}"

@@ -74,7 +74,7 @@ class Faults:
             raise ValueError(f"fault rates must lie in [0, 1] and sum to at most 1, got {rates}")
 
 
-def normalise_tag(tag: str) -> str:
+def flickr_clean_tag(tag: str) -> str:
     """Flickr's clean tag form: lower-case, without spaces and most punctuation (machine tags kept)."""
     tag = tag.strip().lower()
     return tag if ":" in tag and "=" in tag else re.sub(r"[\s\"'.,;!?()\[\]{}]+", "", tag)
@@ -102,7 +102,7 @@ class Corpus:
         self.tag_index: dict[str, set[int]] = defaultdict(set)
         self.word_index: dict[str, set[int]] = defaultdict(set)
         for i, photo in enumerate(self.photos):
-            photo["clean_tags"] = [normalise_tag(t) for t in photo["tags"]]
+            photo["clean_tags"] = [flickr_clean_tag(t) for t in photo["tags"]]
             for tag in photo["clean_tags"]:
                 self.tag_index[tag].add(i)
                 self.word_index[tag].add(i)
@@ -113,10 +113,10 @@ class Corpus:
         """Indices (newest first) of the photos matching the text and/or tags."""
         found: set[int] | None = None
         if tags:
-            sets = [self.tag_index.get(normalise_tag(t), set()) for t in tags]
+            sets = [self.tag_index.get(flickr_clean_tag(t), set()) for t in tags]
             found = set.intersection(*sets) if tag_mode == "all" else set().union(*sets)
         if text.strip():
-            words = [normalise_tag(w) for w in text.split()]
+            words = [flickr_clean_tag(w) for w in text.split()]
             hits = set.intersection(*(self.word_index.get(w, set()) for w in words))
             found = hits if found is None else found & hits
         return sorted(found or ())
@@ -242,7 +242,7 @@ class FlickrServer:
         if sort == "date-posted-asc":
             hits.reverse()
         elif sort == "relevance":
-            wanted = {normalise_tag(t) for t in tags + text.split()}
+            wanted = {flickr_clean_tag(t) for t in tags + text.split()}
             hits.sort(key=lambda i: -len(wanted & set(photos[i]["clean_tags"])))  # stable: newest first among equals
         elif sort.startswith("interestingness"):
             hits.sort(key=lambda i: hashlib.md5(photos[i]["photo_id"].encode()).digest(), reverse=sort.endswith("desc"))
