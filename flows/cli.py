@@ -8,21 +8,28 @@ one-line ``webvse: error: ...`` and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
 
 from storage.checkpoints import CheckpointError
 from storage.layout import DataRoot
 from storage.tables import TableError
 from tasks.clean_data import ingest_karpathy
 from tasks.crawl import CrawlConfig, crawl_local, run_crawl
-from tasks.evaluation import evaluate_run, format_table, stack_runs
+from tasks.evaluation import REPORT_DIR, evaluate_run, format_table, latest_runs
 from tasks.features import FeatureSettings, compute_features, images_to_encode
 from tasks.flickr_client import FLICKR_REST_URL, BadApiKey, FlickrUnavailable
 from tasks.keywords import run_keywords
+from tasks.orchestration import TASK_RUNNER_ENV
+from tasks.pipeline_config import STEPS, PipelineConfig, demo_config, load_config
+from tasks.search import search_images
 from tasks.text_backends import BACKENDS, DEFAULT_SPACY_MODEL, BackendUnavailable, load_backend
 from tasks.training import RunSettings, default_stage2, train_run
 from tasks.training_data import DataSource
@@ -30,11 +37,8 @@ from tasks.word_vectors import run_vectors
 from tasks.world import CleanSizes, CorpusError, Faults, WebSizes, WorldSettings, generate_world, serve_corpus
 from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS, EncoderUnavailable
 from webvse_model.datasets.flickr8k import flickr8k_to_karpathy
-from webvse_model.datasets.synthetic import SyntheticSizes, generate_synthetic_precomp
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.train import ConfigError, StageConfig
-
-NOT_YET_BUILT = ("run", "search")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -64,10 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="webvse", description="Webly supervised joint embeddings for image-text retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train and evaluate on the embedded offline default")
+    demo = sub.add_parser("demo", help="the whole pipeline (Prefect flow) on the embedded offline world")
     _add_common(demo)
-    demo.add_argument("--epochs", type=int, default=8)
-    demo.add_argument("--stage2-epochs", type=int, default=4)
+    demo.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="steps to re-run past the cache")
+
+    run = sub.add_parser("run", help="run the Prefect flow `webvse` (all steps or --steps) with a YAML config")
+    _add_common(run)
+    run.add_argument("--config", default=None, help="YAML file of the pipeline configuration (see webvse.example.yaml)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. train.epochs=5")
+    run.add_argument("--steps", nargs="+", choices=STEPS, default=None, help="run only these steps")
+    run.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="re-run these (and what depends on them)")
+    run.add_argument("--task-runner", choices=("thread", "dask"), default=None, help="Prefect task runner (default: thread)")
+
+    search = sub.add_parser("search", help="text -> images with a trained run; writes an HTML gallery")
+    _add_common(search)
+    search.add_argument("query")
+    search.add_argument("--run", default=None, help="run id or folder (default: the last evaluated Stage II run)")
+    search.add_argument("-k", type=int, default=5)
+    search.add_argument("--split", default=None, help="image set: a split of the run's data (default: test)")
 
     train = sub.add_parser("train", help="train on precomputed features (VSE++ precomp folder)")
     _add_common(train)
@@ -146,8 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
     flickr8k.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k-1k"),
                           help="folder with captions.txt and images/ (default: ../shared/data/flickr8k-1k)")  # fmt: skip
 
-    for name in NOT_YET_BUILT:
-        sub.add_parser(name, help="(not yet built)")
     return parser
 
 
@@ -205,27 +221,64 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"written: {run / 'evaluation.parquet'}")
 
 
+def _run_flow(config: PipelineConfig, steps: list[str] | None, refresh: list[str], task_runner: str | None = None) -> dict[str, Any]:
+    if task_runner:
+        os.environ[TASK_RUNNER_ENV] = task_runner  # read when flows.pipeline is imported (the flow's runner)
+    from flows.pipeline import webvse  # Prefect starts its ephemeral API on first use: only when a flow runs
+
+    started = time.perf_counter()
+    outcome = webvse(config=config, steps=steps, refresh=refresh)
+    outcome["seconds"] = time.perf_counter() - started
+    return outcome
+
+
+def _print_outcome(config: PipelineConfig, outcome: dict[str, Any]) -> None:
+    if outcome["results"]:
+        split = config.evaluate.split or "test"
+        print(f"\n{split} split, protocol {config.evaluate.protocol}:")
+        print(format_table(pd.DataFrame(outcome["results"]), label_column="variant"))
+    for label, run in outcome["runs"].items():
+        print(f"run {label}: {run}")
+    report = config.root.runs_dir / REPORT_DIR
+    if (report / "results.md").is_file():
+        print(f"report (results.md, recall_at_k.png, training.png): {report}")
+    print(f"pipeline finished in {outcome['seconds']:.1f}s")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
-    """Synthetic precomputed features -> baseline vs Stage I vs Stage II, one table."""
+    """The offline world -> local Flickr server -> the whole flow -> VSE++ baseline vs Stage I vs Stage II."""
+    config = demo_config(str(DataRoot.resolve(args.data_root).root)).model_copy(update={"device": args.device})
+    _print_outcome(config, _run_flow(config, None, args.refresh))
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set wants KEY=VALUE (e.g. train.epochs=5), got {pair!r}")
+        values[key] = yaml.safe_load(raw)
+    return values
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    overrides = _overrides(args.set)
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    if args.device != "auto":
+        overrides["device"] = args.device
+    config = load_config(args.config, overrides)
+    _print_outcome(config, _run_flow(config, args.steps, args.refresh, args.task_runner))
+
+
+def cmd_search(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
-    precomp = root.root / "synthetic-precomp"
-    if not (precomp / "web_keyword_rank.npy").is_file():
-        generate_synthetic_precomp(precomp, SyntheticSizes())
-    source = DataSource(str(precomp))
-    small = dict(embed_dim=256, hidden_dim=512, word_dim=100, gru_hidden=256, device=args.device)
-    stage1 = StageConfig(epochs=args.epochs, lr_decay_every=max(1, args.epochs * 2 // 3))
-    variants = {
-        "demo-vsepp-baseline": RunSettings(stage1=replace(stage1, lambda_tag=0.0), **small),
-        "demo-webly-stage2": RunSettings(stage1=stage1, stage2=default_stage2(stage1, args.stage2_epochs), **small),
-    }
-    tables = {}
-    for run_id, settings in variants.items():
-        print(f"== {run_id}")
-        train_run(root.run_dir(run_id), source, settings)
-        tables[run_id.removeprefix("demo-")] = evaluate_run(root.run_dir(run_id), device=args.device)
-    print("\nTest split of the synthetic world (100 images x 5 captions):")
-    print(format_table(stack_runs(tables), label_column="variant"))
-    print(f"runs: {root.runs_dir}")
+    run = _resolve_run(root, args.run) if args.run else Path(list(latest_runs(root).values())[-1])
+    result = search_images(run, args.query, args.k, args.split, args.device)
+    print(f"{args.query!r} with {run.name}/{result.stage}" + (f" (unknown words: {', '.join(result.unknown_words)})" if result.unknown_words else ""))
+    for rank, (path, score) in enumerate(result.hits, start=1):
+        print(f"{rank:>3}  {score:6.3f}  {path}")
+    print(f"gallery: {result.gallery}")
 
 
 def cmd_world(args: argparse.Namespace) -> None:
@@ -288,13 +341,10 @@ def cmd_import_flickr8k(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in NOT_YET_BUILT:
-        print(f"webvse {args.command}: not yet built (see the open issues)", file=sys.stderr)
-        return 2
     handlers = {
         "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world,
         "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors, "crawl": cmd_crawl,
-        "features": cmd_features, "import-flickr8k": cmd_import_flickr8k,
+        "features": cmd_features, "import-flickr8k": cmd_import_flickr8k, "run": cmd_run, "search": cmd_search,
     }  # fmt: skip
     try:
         handlers[args.command](args)

@@ -106,6 +106,16 @@ class DataRoot:
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / _checked_name("run id", run_id)
 
+    @property
+    def cache_dir(self) -> Path:
+        """Pipeline cache records (Prefect results: small summaries and paths)."""
+        return self.root / "cache"
+
+    @property
+    def latest_runs_file(self) -> Path:
+        """The runs the last evaluation compared (what ``re-evaluate`` evaluates again)."""
+        return self.runs_dir / "latest.json"
+
     def latest_run(self) -> Path | None:
         """The most recently modified run folder that holds a config, if any."""
         if not self.runs_dir.is_dir():

@@ -32,11 +32,15 @@ from typing import Any
 
 import pandas as pd
 import requests
+from prefect.blocks.system import Secret
+from prefect.concurrency.sync import rate_limit
 
 from storage.layout import DataRoot
 from storage.tables import CRAWL_PROGRESS, KEYWORDS, WEB_PHOTOS, TableSchema, read_table, write_table
 from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
 from tasks.flickr_client import FLICKR_REST_URL, OFFLINE_KEY, Credentials, FlickrClient, RetryPolicy
+from tasks.orchestration import pipeline_task, root_of, step_logger
+from tasks.pipeline_config import CrawlSettings
 from tasks.web_tags import english_tags, english_vocabulary
 from webvse_world.flickr_server import FlickrServer
 
@@ -86,7 +90,11 @@ class CrawlState:
         self.root, self.first_tags = root, first_tags
         self.rows: dict[str, dict[str, Any]] = {}
         for row in _read_or_empty(root.web_photos, WEB_PHOTOS).to_dict("records"):
-            row["keywords"], row["tags"], row["english_tags"] = list(row["keywords"]), list(row["tags"]), list(row["english_tags"])
+            row["keywords"], row["tags"], row["english_tags"] = (
+                list(row["keywords"]),
+                list(row["tags"]),
+                list(row["english_tags"]),
+            )
             self.rows[row["photo_id"]] = row
         self.owner_kept: Counter[str] = Counter()
         self.first_kept: set[tuple[str, ...]] = set()
@@ -114,9 +122,24 @@ class CrawlState:
 
 
 class Crawler:
-    def __init__(self, root: DataRoot, config: CrawlConfig, credentials: Credentials, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        root: DataRoot,
+        config: CrawlConfig,
+        credentials: Credentials,
+        log: Callable[[str], None] = print,
+        before_call: Callable[[], None] | None = None,
+    ) -> None:
         self.root, self.config, self.log = root, config, log
-        self.client = FlickrClient(credentials, config.api_url, config.calls_per_hour, config.retry, log, rate_state_dir=root.web_dir)
+        self.client = FlickrClient(
+            credentials,
+            config.api_url,
+            config.calls_per_hour,
+            config.retry,
+            log,
+            rate_state_dir=root.web_dir,
+            before_call=before_call,
+        )
         self.state = CrawlState(root, config.first_tags)
         self.vocabulary = english_vocabulary(root)
         self.session = requests.Session()
@@ -227,7 +250,9 @@ class Crawler:
             "seconds": seconds, "orphans_removed": removed,
             "found_by_several_keywords": sum(len(r["keywords"]) > 1 for r in state.rows.values()),
         }  # fmt: skip
-        self.log(f"crawl: {kept} photos kept; decisions by status {dict(statuses)}; {summary['api_calls']} API calls in {seconds:.1f}s")
+        self.log(
+            f"crawl: {kept} photos kept; decisions by status {dict(statuses)}; {summary['api_calls']} API calls in {seconds:.1f}s"
+        )
         return summary
 
 
@@ -243,12 +268,63 @@ def remove_orphans(root: DataRoot, state: CrawlState) -> int:
     return removed
 
 
-def run_crawl(root: DataRoot, config: CrawlConfig = CrawlConfig(), credentials: Credentials | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_crawl(
+    root: DataRoot,
+    config: CrawlConfig = CrawlConfig(),
+    credentials: Credentials | None = None,
+    log: Callable[[str], None] = print,
+    before_call: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Crawl (or continue crawling) into ``web/``; credentials default to the environment."""
-    return Crawler(root, config, credentials or Credentials.from_environment(config.api_url), log).run()
+    return Crawler(root, config, credentials or Credentials.from_environment(config.api_url), log, before_call).run()
 
 
-def crawl_local(root: DataRoot, corpus: str, **settings: Any) -> dict[str, Any]:
+def crawl_local(root: DataRoot, corpus: str, log: Callable[[str], None] = print, **settings: Any) -> dict[str, Any]:
     """Crawl the offline world: serve ``corpus`` on 127.0.0.1 for the duration of the crawl."""
     with FlickrServer(corpus) as server:
-        return run_crawl(root, CrawlConfig(api_url=server.rest_url, **settings), Credentials(OFFLINE_KEY, "unused"))
+        return run_crawl(root, CrawlConfig(api_url=server.rest_url, **settings), Credentials(OFFLINE_KEY, "unused"), log)
+
+
+# ------------------------------------------------------------------ the Prefect task
+def _secret(block: str) -> str | None:
+    """A Prefect Secret block's value, or None when no such block exists."""
+    try:
+        return str(Secret.load(block).get())
+    except ValueError:  # "Unable to find block document named ..."
+        return None
+
+
+def flickr_credentials(settings: CrawlSettings) -> Credentials:
+    """Secret blocks first (the deployment way), then $FLICKR_API_KEY / $FLICKR_API_SECRET."""
+    assert settings.api_url is not None
+    key = _secret(settings.key_block)
+    if key:
+        return Credentials(key, _secret(settings.secret_block) or "unused")
+    return Credentials.from_environment(settings.api_url)
+
+
+def _crawl_reads(inputs: dict[str, Any]) -> list[Path]:
+    corpus = inputs.get("corpus")
+    return [root_of(inputs).keywords] + ([Path(corpus) / "photos.parquet"] if corpus else [])
+
+
+@pipeline_task(
+    "crawl",
+    ("tasks.crawl", "tasks.flickr_client", "tasks.downloads", "tasks.web_tags"),
+    reads=_crawl_reads,
+    writes=lambda i: [root_of(i).web_photos],
+)
+def crawl_step(root: str, settings: CrawlSettings, corpus: str | None) -> dict[str, Any]:
+    """Crawl Flickr (or the local corpus, served on 127.0.0.1 meanwhile); returns the summary."""
+    data_root, log = DataRoot.resolve(root), step_logger()
+    options = dict(
+        per_keyword=settings.per_keyword, per_page=settings.per_page, max_keywords=settings.max_keywords,
+        calls_per_hour=settings.calls_per_hour, download_workers=settings.download_workers,
+        retry=RetryPolicy(attempts=settings.request_attempts), download=DownloadPolicy(attempts=settings.request_attempts),
+    )  # fmt: skip
+    if corpus is not None:
+        return crawl_local(data_root, corpus, log, **options)
+    limit = settings.rate_limit
+    before_call = (lambda: rate_limit(limit)) if limit else None
+    config = CrawlConfig(api_url=settings.api_url or FLICKR_REST_URL, **options)  # type: ignore[arg-type]
+    return run_crawl(data_root, config, flickr_credentials(settings), log, before_call)

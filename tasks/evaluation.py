@@ -7,42 +7,88 @@ so Stage I and Stage II sit side by side; the table is written to
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext, TaskRunContext
 
+from storage.atomic import atomic_write_text
 from storage.checkpoints import CheckpointStore
-from storage.tables import RUN_EVALUATION, write_table
-from tasks.training import VOCAB_FILE, read_run_config
-from tasks.training_data import DataSource, load_split
-from webvse_model.inference import evaluate_split
-from webvse_model.metrics import ProtocolResult
+from storage.layout import DataRoot
+from storage.tables import CLEAN_IMAGES, RUN_EVALUATION, RUN_METRICS, read_table, write_table
+from tasks.orchestration import pipeline_task, root_of, step_logger
+from tasks.pipeline_config import EvaluateConfig
+from tasks.report import RankedQueries, plot_recall_curves, plot_training, retrieval_examples
+from tasks.training import METRICS_FILE, VOCAB_FILE, read_run_config
+from tasks.training_data import DataSource, load_split, read_split
+from webvse_model.data import CaptionedImages
+from webvse_model.inference import embed_split
+from webvse_model.metrics import retrieval_ranks, run_protocol
 from webvse_model.text import Vocabulary
 from webvse_model.train import load_model, pick_device
 
 EVALUATION_FILE = "evaluation.parquet"
 STAGES = ("stage1", "stage2")
+REPORT_DIR = "report"  # <data root>/runs/report: the comparison of the last evaluated runs
 
 
-def evaluate_run(run_dir: str | Path, split: str | None = None, protocol: str = "all", device: str = "auto") -> pd.DataFrame:
-    """Metrics of each trained stage of ``run_dir`` on ``split`` (default: the test split)."""
+@dataclass(frozen=True)
+class EmbeddedSplit:
+    """One trained stage's embeddings of a split, with what is needed to show them."""
+
+    stage: str
+    images: torch.Tensor
+    captions: torch.Tensor
+    data: CaptionedImages
+    captions_per_image: int
+
+
+def run_source(run_dir: Path) -> DataSource:
+    return DataSource(**read_run_config(run_dir)["data"])
+
+
+def embedded_stages(run_dir: str | Path, split: str | None = None, device: str = "auto") -> Iterator[EmbeddedSplit]:
+    """Each trained stage of a run (its ``best`` checkpoint) applied to ``split``."""
     run = Path(run_dir)
-    config = read_run_config(run)
-    source = DataSource(**config["data"])
-    vocab = Vocabulary.load(run / VOCAB_FILE)
-    data = load_split(source, split or source.test_split, vocab)
+    source = run_source(run)
+    data = load_split(source, split or source.test_split, Vocabulary.load(run / VOCAB_FILE))
+    data.check_grouped(source.captions_per_image)
     dev = pick_device(device)
-    rows = []
+    found = False
     for stage in STAGES:
         store = CheckpointStore(run / stage)
-        if not store.has("best"):
-            continue
-        model = load_model(store, "best", dev)
-        result = evaluate_split(model, data, source.captions_per_image, protocol)
-        assert isinstance(result, ProtocolResult)
-        rows.append({"stage": stage, "split": split or source.test_split, "protocol": protocol, **result.metrics.to_dict()})
-    if not rows:
+        if store.has("best"):
+            found = True
+            images, captions = embed_split(load_model(store, "best", dev), data, dev)
+            yield EmbeddedSplit(stage, images, captions, data, source.captions_per_image)
+    if not found:
         raise FileNotFoundError(f"{run} has no trained stage (no stage1/ or stage2/ best checkpoint)")
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str | None = None,
+    protocol: str = "all",
+    device: str = "auto",
+    also: Callable[[EmbeddedSplit], None] | None = None,
+) -> pd.DataFrame:
+    """Metrics of each trained stage of ``run_dir`` on ``split`` (default: the test split);
+    ``also`` sees each stage's embeddings (for plots and examples) without embedding twice."""
+    run = Path(run_dir)
+    split = split or run_source(run).test_split
+    rows = []
+    for embedded in embedded_stages(run, split, device):
+        if also is not None:
+            also(embedded)
+        result = run_protocol(protocol, embedded.images, embedded.captions, embedded.captions_per_image)
+        rows.append({"stage": embedded.stage, "split": split, "protocol": protocol, **result.metrics.to_dict()})
     table = pd.DataFrame(rows).reindex(columns=RUN_EVALUATION.columns)
     write_table(run / EVALUATION_FILE, table, RUN_EVALUATION)
     return table
@@ -63,3 +109,116 @@ def stack_runs(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One table from several runs' evaluations, labelled ``<run label>/<stage>``."""
     labelled = [t.assign(variant=[f"{label}/{stage}" for stage in t["stage"]]) for label, t in tables.items()]
     return pd.concat(labelled, ignore_index=True)
+
+
+# ------------------------------------------------------------------ report and Prefect task
+def image_names(source: DataSource, split: str) -> list[str]:
+    """The split's image files in evaluation order (numbers for a precomp folder, which has none)."""
+    if source.kind == "precomp":
+        return []
+    images = read_table(DataRoot.resolve(source.path).clean_images, CLEAN_IMAGES)
+    return images.loc[images["split"] == split, "path"].tolist()
+
+
+def _history(run: Path) -> pd.DataFrame:
+    path = run / METRICS_FILE
+    return read_table(path, RUN_METRICS) if path.is_file() else pd.DataFrame(columns=RUN_METRICS.columns)
+
+
+def _example_queries(count: int, total: int) -> list[int]:
+    return sorted(set(np.linspace(0, total - 1, num=min(count, total)).astype(int).tolist())) if count else []
+
+
+@dataclass
+class Report:
+    table: pd.DataFrame
+    markdown: str
+    files: list[Path]
+
+
+def report_runs(
+    root: DataRoot, runs: dict[str, str], settings: EvaluateConfig, device: str = "auto", log: Callable[[str], None] = print
+) -> Report:
+    """Evaluate each run, then write the comparison: table, curves, losses and examples."""
+    tables: dict[str, pd.DataFrame] = {}
+    ranked: dict[str, RankedQueries] = {}
+    shown: list[tuple[str, EmbeddedSplit]] = []
+    files: list[Path] = []
+    for label, run_dir in runs.items():
+        run = Path(run_dir)
+        own: dict[str, RankedQueries] = {}
+
+        def keep(embedded: EmbeddedSplit, label: str = label, own: dict[str, RankedQueries] = own) -> None:
+            i2t, t2i = retrieval_ranks(embedded.images, embedded.captions, embedded.captions_per_image)
+            own[f"{label}/{embedded.stage}"] = RankedQueries(i2t, t2i)
+            shown.append((f"{label}/{embedded.stage}", embedded))
+
+        tables[label] = evaluate_run(run, settings.split, settings.protocol, device, also=keep)
+        files += [plot_recall_curves(own, run / "recall_at_k.png"), plot_training({label: _history(run)}, run / "training.png")]
+        ranked.update(own)
+        log(f"evaluate: {label} ({run.name})\n{format_table(tables[label])}")
+    table = stack_runs(tables)
+    folder = root.runs_dir / REPORT_DIR
+    write_table(folder / "results.parquet", table.assign(stage=table["variant"]).drop(columns=["variant"]), RUN_EVALUATION)
+    files += [
+        plot_recall_curves(ranked, folder / "recall_at_k.png"),
+        plot_training({label: _history(Path(run)) for label, run in runs.items()}, folder / "training.png"),
+    ]
+    final_label, final = shown[-1]
+    source = run_source(Path(runs[list(runs)[-1]]))
+    split = settings.split or source.test_split
+    names = image_names(source, split) or [f"{split} image {i}" for i in range(len(final.images))]
+    queries = _example_queries(settings.examples, len(final.captions))
+    scores = (final.captions[queries] @ final.images.T).numpy() if queries else np.zeros((0, len(final.images)))
+    texts = read_split(source, split).captions
+    examples = retrieval_examples(
+        [texts[q] for q in queries], final.data.caption_image[queries], scores, [Path(n).name for n in names], range(len(queries))
+    )
+    markdown = (
+        f"# webvse results ({split} split, protocol {settings.protocol})\n\n```\n{format_table(table, 'variant')}\n```\n\n"
+        f"Runs: " + ", ".join(f"`{label}` = `{run}`" for label, run in runs.items()) + "\n\n"
+        f"Plots: `{folder / 'recall_at_k.png'}`, `{folder / 'training.png'}`\n\n"
+        f"## Text → image retrieval examples ({final_label})\n\n{examples}"
+    )
+    atomic_write_text(folder / "results.md", markdown)
+    files.append(folder / "results.md")
+    return Report(table, markdown, files)
+
+
+def latest_runs(root: DataRoot) -> dict[str, str]:
+    """The runs the last evaluation compared, else the newest run folder."""
+    if root.latest_runs_file.is_file():
+        return dict(json.loads(root.latest_runs_file.read_text(encoding="utf-8")))
+    latest = root.latest_run()
+    if latest is None:
+        raise FileNotFoundError(f"no runs under {root.runs_dir}: train first (steps stage1, stage2)")
+    return {"latest": str(latest)}
+
+
+def _evaluation_reads(inputs: dict[str, Any]) -> list[Path]:
+    root = root_of(inputs)
+    runs = inputs["runs"] or (latest_runs(root) if root.runs_dir.is_dir() else {})
+    manifests = [Path(run) / stage / "checkpoints.json" for run in runs.values() for stage in STAGES]
+    pointer = [root.latest_runs_file] if inputs["runs"] is None else []  # which runs, when not given
+    return [root.clean_images, root.clean_captions, *pointer, *manifests]
+
+
+@pipeline_task(
+    "evaluate",
+    ("tasks.evaluation", "tasks.report", "tasks.training_data", "webvse_model"),
+    reads=_evaluation_reads,
+    writes=lambda i: [root_of(i).runs_dir / REPORT_DIR / "results.md"],
+)
+def evaluate_step(root: str, runs: dict[str, str] | None, settings: EvaluateConfig, device: str = "auto") -> list[dict[str, Any]]:
+    """Evaluate the given runs (default: the last compared ones), publish table + examples as artifacts."""
+    data_root = DataRoot.resolve(root)
+    chosen = runs or latest_runs(data_root)
+    atomic_write_text(data_root.latest_runs_file, json.dumps(chosen, indent=2))
+    report = report_runs(data_root, chosen, settings, device, step_logger())
+    records = report.table.to_dict("records")
+    if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
+        create_table_artifact(
+            records, key="webvse-results", description=f"R@K, median and mean rank per model ({settings.protocol})"
+        )
+        create_markdown_artifact(report.markdown, key="webvse-retrieval-examples", description="results and retrieval examples")
+    return records

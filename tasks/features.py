@@ -39,7 +39,9 @@ from storage.tables import (
     read_shards,
     read_table,
 )
-from webvse_model.cnn import DEFAULT_ENCODER, build_encoder
+from tasks.orchestration import pipeline_task, root_of, step_logger
+from tasks.pipeline_config import FeaturesConfig
+from webvse_model.cnn import DEFAULT_ENCODER, build_encoder, encoder_spec
 from webvse_model.train import pick_device
 
 FAILURES = TableSchema("features/failures", pa.schema([("sha256", pa.string()), ("path", pa.string()), ("reason", pa.string())]))
@@ -177,5 +179,21 @@ def compute_features(
     flush()
     seconds = time.perf_counter() - started
     rate = counts["computed"] / seconds if seconds else 0.0
-    log(f"features: {counts['computed']} computed, {counts['cached']} cached, {counts['failed']} failed in {seconds:.1f}s ({rate:.1f} img/s)")
+    log(
+        f"features: {counts['computed']} computed, {counts['cached']} cached, {counts['failed']} failed in {seconds:.1f}s ({rate:.1f} img/s)"
+    )
     return {**counts, "encoder_id": spec.encoder_id, "seconds": seconds, "images_per_second": rate}
+
+
+# ------------------------------------------------------------------ the Prefect task
+@pipeline_task(
+    "features",
+    ("tasks.features", "webvse_model.cnn"),
+    reads=lambda i: [root_of(i).clean_images, root_of(i).web_photos],
+    writes=lambda i: [root_of(i).features_dir(encoder_spec(i["settings"].encoder).encoder_id)],
+)
+def features_step(root: str, settings: FeaturesConfig, device: str = "auto") -> dict[str, Any]:
+    """CNN features of the clean images and the kept web photos; returns counts and the encoder id."""
+    data_root = DataRoot.resolve(root)
+    options = FeatureSettings(settings.encoder, settings.weights_path, settings.batch_size, settings.workers, device=device)
+    return compute_features(data_root, images_to_encode(data_root, "all"), options, step_logger())

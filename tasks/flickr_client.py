@@ -148,12 +148,14 @@ class FlickrClient:
         log: Callable[[str], None] = print,
         seed: int = 0,
         rate_state_dir: Path | None = None,
+        before_call: Callable[[], None] | None = None,
     ) -> None:
         self.api = flickrapi.FlickrAPI(credentials.key, credentials.secret, format="parsed-json", store_token=False)
         self.api.REST_URL = api_url
         state = rate_state_dir / f"api-calls-{credentials.key_id}.log" if rate_state_dir is not None else None
         self.limit = HourlyRateLimit(credentials.key_id, calls_per_hour, state)
         self.retry, self.log = retry, log
+        self.before_call = before_call  # e.g. a Prefect global rate limit shared by every worker
         self.calls = 0
         self._retry_after = threading.local()
         self._rng = random.Random(seed)
@@ -167,6 +169,8 @@ class FlickrClient:
         last_problem = ""
         for attempt in range(self.retry.attempts):
             self.limit.acquire()
+            if self.before_call is not None:
+                self.before_call()
             self.calls += 1
             self._retry_after.value = None
             try:

@@ -22,12 +22,17 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, KEYWORDS, read_table, write_table
-from tasks.text_backends import STOP_WORDS, PosLemmaBackend, Token
+from tasks.clean_data import ingest_karpathy
+from tasks.orchestration import pipeline_task, root_of, step_logger
+from tasks.pipeline_config import KeywordsConfig
+from tasks.text_backends import STOP_WORDS, PosLemmaBackend, Token, load_backend
 
 CONTENT_POS = frozenset({"NOUN", "PROPN", "VERB", "ADJ", "ADV"})
 TAG_POS = frozenset({"NOUN", "PROPN", "VERB"})
@@ -123,7 +128,9 @@ def keyword_table(words: Iterable[Sequence[tuple[str, str]]], top_n: int = 1000)
     )
 
 
-def run_keywords(root: DataRoot, backend: PosLemmaBackend, top_n: int = 1000, log: Callable[[str], None] = print) -> dict[str, int]:
+def run_keywords(
+    root: DataRoot, backend: PosLemmaBackend, top_n: int = 1000, log: Callable[[str], None] = print
+) -> dict[str, int]:
     """Keywords from the training captions -> ``keywords.parquet``; dummy tags for every
     caption -> ``clean/captions.parquet`` (rewritten atomically). Returns the counts."""
     captions = read_table(root.clean_captions, CLEAN_CAPTIONS)
@@ -142,3 +149,26 @@ def image_dummy_tags(captions: pd.DataFrame) -> dict[str, list[str]]:
     """Each image's tag set from ``clean/captions.parquet`` rows (caption order kept)."""
     ordered = captions.sort_values("caption_id", kind="stable")
     return {image_id: union_in_order(group["dummy_tags"]) for image_id, group in ordered.groupby("image_id", sort=False)}
+
+
+# ------------------------------------------------------------------ the Prefect task
+def _keywords_outputs(inputs: dict[str, Any]) -> list[Path]:
+    root = root_of(inputs)
+    return [root.clean_images, root.clean_captions, root.keywords]
+
+
+@pipeline_task(
+    "keywords",
+    ("tasks.keywords", "tasks.clean_data", "tasks.text_backends", "webvse_model.datasets.karpathy"),
+    reads=lambda i: [Path(i["karpathy"])],
+    writes=_keywords_outputs,
+)
+def keywords_step(root: str, karpathy: str, image_root: str | None, settings: KeywordsConfig) -> dict[str, int]:
+    """Clean tables from the split file, then keywords and dummy tags; returns the counts."""
+    data_root = DataRoot.resolve(root)
+    if not Path(karpathy).is_file():
+        raise FileNotFoundError(f"{karpathy} does not exist: generate the offline world or set dataset.karpathy")
+    log = step_logger()
+    images = ingest_karpathy(data_root, karpathy, image_root)
+    log(f"keywords: clean data {images} from {karpathy}")
+    return run_keywords(data_root, load_backend(settings.backend, settings.spacy_model, settings.processes), settings.top_n, log)

@@ -1,6 +1,6 @@
 """Training step: precomputed features -> a run folder with checkpoints and metrics.
 
-Plain functions (the Prefect ``@task`` wrappers arrive with the flow). A *run* is a
+Plain functions plus the ``stage1`` / ``stage2`` Prefect tasks. A *run* is a
 folder under ``<data root>/runs/<run_id>/`` holding ``config.json`` (everything needed
 to rebuild the data and model), ``vocab.json``, ``stage1/`` and ``stage2/`` checkpoints
 and ``metrics.parquet`` (one row per epoch, rewritten atomically after each epoch so a
@@ -9,9 +9,12 @@ crash loses nothing already reported).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,12 @@ import pandas as pd
 import torch
 
 from storage.atomic import atomic_write_text
+from storage.fingerprint import fingerprint
 from storage.tables import RUN_METRICS, read_table, write_table
+from tasks.orchestration import attempt_number, pipeline_task, root_of, step_logger
+from tasks.pipeline_config import TrainConfig
 from tasks.training_data import DataSource, load_split, load_web, read_split
+from tasks.word_vectors import VECTORS_FILE
 from webvse_model.data import CurriculumSchedule
 from webvse_model.encoders import JointEmbedding, ModelConfig
 from webvse_model.text import Vocabulary, tokenize
@@ -151,3 +158,89 @@ def default_stage2(stage1: StageConfig, epochs: int, curriculum: bool = True) ->
     if not curriculum:
         return StageConfig.from_dict({**asdict(stage2), "curriculum": asdict(CurriculumSchedule(enabled=False))})
     return stage2
+
+
+# ------------------------------------------------------------------ the Prefect tasks
+def run_settings(train: TrainConfig, device: str, lambda_tag: float | None = None) -> RunSettings:
+    """The pipeline's train section as Stage I (+ Stage II) settings; ``lambda_tag=0`` = the baseline."""
+    stage1 = StageConfig(
+        epochs=train.epochs, lr=train.lr, lr_decay_every=train.lr_decay_every, batch_size=train.batch_size, loss=train.loss,
+        lambda_tag=train.lambda_tag if lambda_tag is None else lambda_tag, seed=train.seed, warmup_epochs=train.warmup_epochs,
+    )  # fmt: skip
+    stage2 = default_stage2(stage1, train.stage2_epochs, train.curriculum)
+    return RunSettings(stage1, stage2, train.embed_dim, train.hidden_dim, train.word_dim, train.gru_hidden, device=device)
+
+
+def _training_reads(inputs: dict[str, Any]) -> list[Path]:
+    root, source = root_of(inputs), inputs["source"]
+    if source.kind == "precomp":
+        return [Path(source.path)]
+    paths = [root.clean_images, root.clean_captions, root.features_dir(source.feature_model), root.vectors_dir / VECTORS_FILE]
+    if "stage1_run" in inputs:
+        paths += [root.web_photos, Path(inputs["stage1_run"]) / "stage1" / "checkpoints.json"]
+    return paths
+
+
+def _run_id(label: str, inputs: dict[str, Any]) -> str:
+    """Same data + settings -> same folder (a retry resumes it); anything else -> a new one."""
+    described = json.dumps({k: repr(v) for k, v in sorted(inputs.items())}, sort_keys=True)
+    data = fingerprint(_training_reads(inputs))
+    return f"{label}-{hashlib.sha256((described + data).encode()).hexdigest()[:10]}"
+
+
+def _stage1_dir(inputs: dict[str, Any]) -> Path:
+    keyed = {"source": inputs["source"], "settings": replace(inputs["settings"], stage2=None), "root": inputs["root"]}
+    return root_of(inputs).run_dir(_run_id(inputs["label"], keyed))
+
+
+def _stage2_dir(inputs: dict[str, Any]) -> Path:
+    keyed = {k: inputs[k] for k in ("source", "settings", "root", "stage1_run")}
+    return root_of(inputs).run_dir(_run_id(inputs["label"], keyed))
+
+
+def _start_over(run: Path, fresh: bool) -> None:
+    if fresh and attempt_number() == 1 and run.exists():  # a retry of a fresh run resumes what it started
+        shutil.rmtree(run)
+
+
+def _summary(run: Path, result: StageResult) -> dict[str, Any]:
+    return {"run_dir": str(run), "best_rsum": result.best_rsum, "best_epoch": result.best_epoch}
+
+
+_TRAINING_MODULES = ("tasks.training", "tasks.training_data", "webvse_model")
+
+
+@pipeline_task("stage1", _TRAINING_MODULES, reads=_training_reads, writes=lambda i: [_stage1_dir(i)])
+def stage1_step(root: str, source: DataSource, settings: RunSettings, label: str, fresh: bool = False) -> dict[str, Any]:
+    """Stage I (image-sentence + image-tag losses; ``lambda_tag=0`` = the baseline) into its run folder."""
+    run = _stage1_dir({"root": root, "source": source, "settings": settings, "label": label})
+    _start_over(run, fresh)
+    results = train_run(run, source, replace(settings, stage2=None), resume=True, log=step_logger())
+    return _summary(run, results["stage1"])
+
+
+def _fork(stage1_run: Path, run: Path) -> None:
+    """A Stage II run starts as a copy of its Stage I run (hard links: checkpoints are never rewritten in place)."""
+    if (run / "stage1").is_dir():
+        return
+    staging = run.with_name(f".{run.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(stage1_run, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("stage2", "evaluation*", "*.png"))
+    staging.rename(run)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@pipeline_task("stage2", _TRAINING_MODULES, reads=_training_reads, writes=lambda i: [_stage2_dir(i)])
+def stage2_step(root: str, stage1_run: str, source: DataSource, settings: RunSettings, label: str, fresh: bool = False) -> dict[str, Any]:
+    """Stage II on the crawled web pairs (L_IT only, lr / 10, curriculum) from Stage I's best model."""
+    run = _stage2_dir({"source": source, "settings": settings, "root": root, "stage1_run": stage1_run, "label": label})
+    _start_over(run, fresh)
+    _fork(Path(stage1_run), run)
+    results = train_run(run, source, settings, resume=True, log=step_logger())
+    return _summary(run, results["stage2"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,8 +26,10 @@ from gensim.models import KeyedVectors, Word2Vec
 
 from storage.atomic import atomic_write_path
 from storage.layout import DataRoot
-from storage.tables import CLEAN_CAPTIONS, read_table
+from storage.tables import CLEAN_CAPTIONS, WEB_PHOTOS, read_table
 from tasks.keywords import group_key
+from tasks.orchestration import pipeline_task, root_of, step_logger
+from tasks.pipeline_config import VectorsConfig
 from tasks.text_backends import STOP_WORDS, lemma_of_tag
 
 VECTORS_FILE = "word_vectors.bin"
@@ -59,7 +62,9 @@ def load_keyed_vectors(path: str | Path) -> KeyedVectors:
         raise ValueError(f"{source} is not a readable word-vectors file: {exc}") from exc
 
 
-def train_word2vec(documents: Sequence[Sequence[str]], dim: int = 300, window: int = 10, min_count: int = 2, epochs: int = 20, seed: int = 0) -> KeyedVectors:
+def train_word2vec(
+    documents: Sequence[Sequence[str]], dim: int = 300, window: int = 10, min_count: int = 2, epochs: int = 20, seed: int = 0
+) -> KeyedVectors:
     """Skip-gram Word2Vec on ``documents`` (lists of words). One worker: reproducible."""
     docs = [list(d) for d in documents if len(d) >= 2]
     if not docs:
@@ -116,3 +121,27 @@ def run_vectors(
     target = save_keyed_vectors(vectors, root.vectors_dir / VECTORS_FILE)
     log(f"vectors: {len(vectors.key_to_index)} words x {vectors.vector_size} from {source} -> {target}")
     return target
+
+
+# ------------------------------------------------------------------ the Prefect task
+def web_tag_documents(root: DataRoot) -> list[list[str]]:
+    """One document per kept web photo: its English tags (empty when nothing was crawled)."""
+    if not root.web_photos.is_file():
+        return []
+    photos = read_table(root.web_photos, WEB_PHOTOS)
+    return [list(tags) for tags in photos.loc[photos["status"] == "kept", "english_tags"] if len(tags)]
+
+
+def _vectors_reads(inputs: dict[str, Any]) -> list[Path]:
+    root, settings = root_of(inputs), inputs["settings"]
+    if settings.pretrained:
+        return [Path(settings.pretrained)]
+    return [root.clean_captions] + ([root.web_photos] if settings.web_tags else [])
+
+
+@pipeline_task("vectors", ("tasks.word_vectors",), reads=_vectors_reads, writes=lambda i: [root_of(i).vectors_dir / VECTORS_FILE])
+def vectors_step(root: str, settings: VectorsConfig) -> str:
+    """Load or train the word vectors (on captions and, if set, the web tags); returns the file."""
+    data_root = DataRoot.resolve(root)
+    web = web_tag_documents(data_root) if settings.web_tags and not settings.pretrained else []
+    return str(run_vectors(data_root, settings.pretrained, web, settings.dim, settings.seed, step_logger()))

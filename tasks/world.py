@@ -16,6 +16,8 @@ from pathlib import Path
 
 from storage.atomic import atomic_write_text
 from storage.layout import DataRoot
+from tasks.orchestration import pipeline_task, root_of, step_logger
+from tasks.pipeline_config import WorldConfig
 from webvse_world.clean import DATASET_FILE, CleanSizes, generate_clean_dataset
 from webvse_world.flickr_server import DEFAULT_KEY, CorpusError, Faults, FlickrServer
 from webvse_world.web import PHOTOS_FILE, WebSizes, generate_web_corpus
@@ -79,3 +81,12 @@ def serve_corpus(corpus: str | Path, port: int, faults: Faults = Faults(), acces
     finally:
         server.stop()
         print(f"stopped; served {server.stats['rest']} API calls and {server.stats['image']} images", flush=True)
+
+
+# ------------------------------------------------------------------ the Prefect task
+@pipeline_task("world", ("tasks.world", "webvse_world"), writes=lambda i: [root_of(i).world_dir / MARKER])
+def world_step(root: str, settings: WorldConfig) -> dict[str, str]:
+    """Generate (or reuse) the offline world; returns the split file and corpus folder."""
+    sizes = WorldSettings(CleanSizes(settings.train, settings.val, settings.test), WebSizes(settings.photos_per_object), settings.seed)
+    paths = generate_world(DataRoot.resolve(root), sizes, log=step_logger())
+    return {"karpathy": str(paths.karpathy_json), "corpus": str(paths.corpus_dir)}

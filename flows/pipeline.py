@@ -1,0 +1,85 @@
+"""The ``webvse`` flow: keywords -> crawl -> features -> vectors -> stage1 -> stage2 -> evaluate.
+
+Composition only. Each step is a task of ``tasks/`` with its own retries and a cache
+keyed on its parameters, its code and the content of the files it reads (see
+:mod:`tasks.orchestration`), so a second run of the same configuration is served
+from cache, ``refresh=["crawl"]`` re-runs the crawl and what depends on it, and
+``steps=["evaluate"]`` re-evaluates the last compared runs alone.
+
+The task runner is Prefect's ThreadPoolTaskRunner unless ``$WEBVSE_TASK_RUNNER=dask``
+(prefect-dask; ``$WEBVSE_DASK_ADDRESS`` joins an existing Dask cluster). It is read
+when this module is imported because a flow's runner is fixed at decoration time;
+``webvse run --task-runner`` sets it for local runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect import flow
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from tasks.crawl import crawl_step
+from tasks.evaluation import evaluate_step
+from tasks.features import features_step
+from tasks.keywords import keywords_step
+from tasks.orchestration import DASK_ADDRESS_ENV, TASK_RUNNER_ENV, StepPlan, configured
+from tasks.pipeline_config import PipelineConfig, Step
+from tasks.training import run_settings, stage1_step, stage2_step
+from tasks.training_data import DataSource
+from tasks.word_vectors import vectors_step
+from tasks.world import world_step
+from webvse_model.cnn import encoder_spec
+
+
+def task_runner_from_environment() -> TaskRunner[Any]:
+    """ThreadPoolTaskRunner (default) or prefect-dask's DaskTaskRunner (``pip install webvse[dask]``)."""
+    if os.environ.get(TASK_RUNNER_ENV, "thread") == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        address = os.environ.get(DASK_ADDRESS_ENV)
+        return DaskTaskRunner(address=address) if address else DaskTaskRunner()
+    return ThreadPoolTaskRunner(max_workers=4)
+
+
+@flow(name="webvse", task_runner=task_runner_from_environment(), log_prints=True)
+def webvse(config: PipelineConfig = PipelineConfig(), steps: list[Step] | None = None, refresh: list[Step] | None = None) -> dict[str, Any]:
+    """Webly supervised joint embeddings, end to end; returns the evaluation table and run folders."""
+    plan = StepPlan.make(steps, refresh or [])
+    root = config.root
+
+    def step(name: Step, task: Any) -> Any:
+        return configured(task, name, root, plan, config.retries)
+
+    data_root = str(root.root)
+    if plan.runs("world") and config.uses_world:
+        step("world", world_step)(data_root, config.world)
+    if plan.runs("keywords"):
+        step("keywords", keywords_step)(data_root, config.karpathy_path(), config.dataset.image_root, config.keywords)
+    if plan.runs("crawl"):
+        step("crawl", crawl_step)(data_root, config.crawl, config.corpus_path())
+    if plan.runs("features"):
+        step("features", features_step)(data_root, config.features, config.device)
+    if plan.runs("vectors"):
+        step("vectors", vectors_step)(data_root, config.vectors)
+
+    source = DataSource(
+        data_root, "parquet", config.dataset.captions_per_image, val_split="val", feature_model=encoder_spec(config.features.encoder).encoder_id
+    )
+    runs: dict[str, str] = {}
+    if plan.runs("stage1"):
+        # one after the other: torch's global RNG seeds each model's initial weights
+        variants = ({"baseline": 0.0} if config.train.baseline else {}) | {"webly": None}
+        stage1 = {
+            label: step("stage1", stage1_step)(data_root, source, run_settings(config.train, config.device, lam), label, fresh=plan.fresh("stage1"))
+            for label, lam in variants.items()
+        }
+        runs = {label: result["run_dir"] for label, result in stage1.items()}
+        if plan.runs("stage2"):
+            result = step("stage2", stage2_step)(
+                data_root, stage1["webly"]["run_dir"], source, run_settings(config.train, config.device), "webly", fresh=plan.fresh("stage2")
+            )
+            runs["webly"] = result["run_dir"]
+    table = step("evaluate", evaluate_step)(data_root, runs or None, config.evaluate, config.device) if plan.runs("evaluate") else []
+    return {"runs": runs, "results": table}

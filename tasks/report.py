@@ -1,0 +1,128 @@
+"""What a person looks at after a run: recall@K curves, loss curves, retrieval examples.
+
+Pure rendering (matplotlib with the Agg backend, markdown, HTML): no Prefect, no
+training; :mod:`tasks.evaluation` feeds it embeddings and metrics and publishes the
+results as Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on workers; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from storage.atomic import atomic_write_path, atomic_write_text  # noqa: E402
+
+
+@dataclass(frozen=True)
+class RankedQueries:
+    """0-based ranks of the ground truth: ``i2t`` per image, ``t2i`` per caption."""
+
+    i2t: np.ndarray
+    t2i: np.ndarray
+
+
+def recall_curve(ranks: np.ndarray, max_k: int) -> np.ndarray:
+    """R@K in percent for K = 1..max_k (vectorised: one bincount, one cumsum)."""
+    counts = np.bincount(np.minimum(ranks, max_k), minlength=max_k + 1)[:max_k]
+    return 100.0 * np.cumsum(counts) / max(len(ranks), 1)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    with atomic_write_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_recall_curves(ranked: dict[str, RankedQueries], path: Path, max_k: int = 50) -> Path:
+    """R@K against K, image->text and text->image, one line per model."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, direction in zip(axes, ("i2t", "t2i")):
+        for label, queries in ranked.items():
+            ranks = getattr(queries, direction)
+            k = np.arange(1, max_k + 1)
+            ax.plot(k, recall_curve(ranks, max_k), label=label, linewidth=1.6)
+        ax.set_xscale("log")
+        ax.set_xlabel("K")
+        ax.set_title("image → text" if direction == "i2t" else "text → image")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("R@K (%)")
+    axes[1].legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_training(histories: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Training loss and validation rsum per epoch; Stage II continues Stage I's epoch axis."""
+    fig, (loss_ax, rsum_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, history in histories.items():
+        offset = 0
+        for stage, rows in history.sort_values(["stage", "epoch"]).groupby("stage", sort=True):
+            x = rows["epoch"].to_numpy() + offset
+            loss_ax.plot(x, rows["train_loss"], marker=".", label=f"{label}/{stage}")
+            if "rsum" in rows and rows["rsum"].notna().any():
+                rsum_ax.plot(x, rows["rsum"], marker=".", label=f"{label}/{stage}")
+            offset = int(x.max())
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss per epoch")
+    rsum_ax.set(xlabel="epoch", ylabel="rsum (validation)", title="validation rsum per epoch")
+    for ax in (loss_ax, rsum_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_r1_bars(table: pd.DataFrame, path: Path, label_column: str = "variant") -> Path:
+    """R@1 both ways per model, with the seed spread as error bars when there is one."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(table)), 4.2))
+    x = np.arange(len(table))
+    for offset, direction in ((-0.2, "i2t"), (0.2, "t2i")):
+        errors = table[f"{direction}_r1_std"] if f"{direction}_r1_std" in table else None
+        ax.bar(x + offset, table[f"{direction}_r1"], 0.4, yerr=errors, capsize=3, label="image → text" if direction == "i2t" else "text → image")
+    ax.set_xticks(x, table[label_column], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("R@1 (%)")
+    ax.legend()
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def retrieval_examples(
+    captions: Sequence[str], caption_image: np.ndarray, scores: np.ndarray, image_names: Sequence[str], queries: Sequence[int], k: int = 5
+) -> str:
+    """Markdown in the manner of the paper's Figure 4: a caption, its top-k images, and where the true one ranked."""
+    lines = []
+    for q in queries:
+        order = np.argsort(-scores[q], kind="stable")
+        truth = int(caption_image[q])
+        rank = int(np.flatnonzero(order == truth)[0]) + 1
+        lines.append(f"**“{captions[q]}”** (ground truth at rank {rank})\n")
+        lines.append("| # | image | score | |\n|---|---|---|---|")
+        for position, image in enumerate(order[:k], start=1):
+            mark = "✅ ground truth" if image == truth else ""
+            lines.append(f"| {position} | `{image_names[image]}` | {scores[q, image]:.3f} | {mark} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def gallery_html(query: str, hits: Sequence[tuple[str, float]], path: Path) -> Path:
+    """A small self-contained HTML page of search hits (file:// image links)."""
+    cells = "\n".join(
+        f'<figure><img src="{html.escape(Path(p).resolve().as_uri())}" loading="lazy"><figcaption>#{i} · {s:.3f}<br>'
+        f"{html.escape(Path(p).name)}</figcaption></figure>"
+        for i, (p, s) in enumerate(hits, start=1)
+    )
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>webvse search</title>"
+        "<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px;width:230px}"
+        "img{width:224px;height:224px;object-fit:cover}</style>"
+        f"<h2>{html.escape(query)}</h2>\n{cells}\n"
+    )
+    atomic_write_text(path, page)
+    return path
