@@ -28,7 +28,7 @@ from tasks.features import FeatureSettings, compute_features, images_to_encode
 from tasks.flickr_client import FLICKR_REST_URL, BadApiKey, FlickrUnavailable
 from tasks.keywords import run_keywords
 from tasks.orchestration import TASK_RUNNER_ENV
-from tasks.pipeline_config import STEPS, PipelineConfig, demo_config, load_config
+from tasks.pipeline_config import STEPS, PipelineConfig, config_from_dict, demo_config, load_config, merge_dotted
 from tasks.search import search_images
 from tasks.text_backends import BACKENDS, DEFAULT_SPACY_MODEL, BackendUnavailable, load_backend
 from tasks.training import RunSettings, default_stage2, train_run
@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", nargs="+", choices=STEPS, default=None, help="run only these steps")
     run.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="re-run these (and what depends on them)")
     run.add_argument("--task-runner", choices=("thread", "dask"), default=None, help="Prefect task runner (default: thread)")
+
+    experiment = sub.add_parser("experiment", help="the paper's grid: {VSE, VSE++} x {baseline, Stage I, Stage II +- curriculum} x seeds")
+    _add_common(experiment)
+    experiment.add_argument("--config", default=None, help="YAML pipeline configuration (default: the demo sizes on the offline world)")
+    experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. train.epochs=5")
+    experiment.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1 2)")
+    experiment.add_argument("--losses", nargs="+", choices=("vse", "vse++"), default=None)
+    experiment.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="re-run these (and what depends on them)")
 
     search = sub.add_parser("search", help="text -> images with a trained run; writes an HTML gallery")
     _add_common(search)
@@ -262,13 +270,33 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    config = _config_from_args(args)
+    _print_outcome(config, _run_flow(config, args.steps, args.refresh, args.task_runner))
+
+
+def _config_from_args(args: argparse.Namespace, base: PipelineConfig | None = None) -> PipelineConfig:
     overrides = _overrides(args.set)
     if args.data_root:
         overrides["data_root"] = args.data_root
     if args.device != "auto":
         overrides["device"] = args.device
-    config = load_config(args.config, overrides)
-    _print_outcome(config, _run_flow(config, args.steps, args.refresh, args.task_runner))
+    if base is not None and args.config is None:
+        return config_from_dict(merge_dotted(base.model_dump(mode="json"), overrides), "configuration")
+    return load_config(args.config, overrides)
+
+
+def cmd_experiment(args: argparse.Namespace) -> None:
+    if args.seeds is not None:
+        args.set.append(f"experiment.seeds={args.seeds}")
+    if args.losses is not None:
+        args.set.append(f"experiment.losses={args.losses}")
+    config = _config_from_args(args, base=demo_config())
+    from flows.experiment import experiment
+
+    started = time.perf_counter()
+    outcome = experiment(config=config, refresh=args.refresh)
+    print((Path(outcome["folder"]) / "results.md").read_text(encoding="utf-8"))
+    print(f"\nexperiment folder: {outcome['folder']}  ({time.perf_counter() - started:.0f}s)")
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -345,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world,
         "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors, "crawl": cmd_crawl,
         "features": cmd_features, "import-flickr8k": cmd_import_flickr8k, "run": cmd_run, "search": cmd_search,
+        "experiment": cmd_experiment,
     }  # fmt: skip
     try:
         handlers[args.command](args)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prefect import flow
+from prefect import flow, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.crawl import crawl_step
 from tasks.evaluation import evaluate_step
-from tasks.features import features_step
+from tasks.features import feature_chunks_step, features_shard_step, features_step
 from tasks.keywords import keywords_step
 from tasks.orchestration import DASK_ADDRESS_ENV, TASK_RUNNER_ENV, StepPlan, configured
 from tasks.pipeline_config import PipelineConfig, Step
@@ -43,30 +43,39 @@ def task_runner_from_environment() -> TaskRunner[Any]:
     return ThreadPoolTaskRunner(max_workers=4)
 
 
+def prepare_data(config: PipelineConfig, plan: StepPlan) -> DataSource:
+    """world -> keywords -> crawl -> features -> vectors (those the plan selects); the training source."""
+    root = config.root
+    data_root = str(root.root)
+    if plan.runs("world") and config.uses_world:
+        configured(world_step, "world", root, plan, config.retries)(data_root, config.world)
+    if plan.runs("keywords"):
+        configured(keywords_step, "keywords", root, plan, config.retries)(data_root, config.karpathy_path(), config.dataset.image_root, config.keywords)
+    if plan.runs("crawl"):
+        configured(crawl_step, "crawl", root, plan, config.retries)(data_root, config.crawl, config.corpus_path())
+    if plan.runs("features"):
+        if config.features.parallel_shards > 1:
+            chunks = feature_chunks_step(data_root, config.features, config.features.parallel_shards)
+            shards = configured(features_shard_step, "features", root, plan, config.retries)
+            shards.map(data_root, chunks, unmapped(config.features), unmapped(config.device)).result()
+        configured(features_step, "features", root, plan, config.retries)(data_root, config.features, config.device)
+    if plan.runs("vectors"):
+        configured(vectors_step, "vectors", root, plan, config.retries)(data_root, config.vectors)
+    feature_model = encoder_spec(config.features.encoder).encoder_id
+    return DataSource(data_root, "parquet", config.dataset.captions_per_image, val_split="val", feature_model=feature_model)
+
+
 @flow(name="webvse", task_runner=task_runner_from_environment(), log_prints=True)
 def webvse(config: PipelineConfig = PipelineConfig(), steps: list[Step] | None = None, refresh: list[Step] | None = None) -> dict[str, Any]:
     """Webly supervised joint embeddings, end to end; returns the evaluation table and run folders."""
     plan = StepPlan.make(steps, refresh or [])
     root = config.root
+    data_root = str(root.root)
+    source = prepare_data(config, plan)
 
     def step(name: Step, task: Any) -> Any:
         return configured(task, name, root, plan, config.retries)
 
-    data_root = str(root.root)
-    if plan.runs("world") and config.uses_world:
-        step("world", world_step)(data_root, config.world)
-    if plan.runs("keywords"):
-        step("keywords", keywords_step)(data_root, config.karpathy_path(), config.dataset.image_root, config.keywords)
-    if plan.runs("crawl"):
-        step("crawl", crawl_step)(data_root, config.crawl, config.corpus_path())
-    if plan.runs("features"):
-        step("features", features_step)(data_root, config.features, config.device)
-    if plan.runs("vectors"):
-        step("vectors", vectors_step)(data_root, config.vectors)
-
-    source = DataSource(
-        data_root, "parquet", config.dataset.captions_per_image, val_split="val", feature_model=encoder_spec(config.features.encoder).encoder_id
-    )
     runs: dict[str, str] = {}
     if plan.runs("stage1"):
         # one after the other: torch's global RNG seeds each model's initial weights

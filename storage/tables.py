@@ -10,8 +10,11 @@ so a crash loses at most the shard in flight and never corrupts the ones before 
 
 from __future__ import annotations
 
+import fcntl
 import io
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,12 +144,26 @@ def read_table(path: str | Path, spec: TableSchema) -> pd.DataFrame:
     return read_arrow(path, spec).to_pandas()
 
 
+@contextmanager
+def _exclusive(target: Path) -> Iterator[None]:
+    """An advisory lock beside ``target``: concurrent appenders (parallel feature shards) take turns."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def append_rows(path: str | Path, frame: pd.DataFrame, spec: TableSchema) -> Path:
-    """Append rows to a small table by an atomic rewrite (old rows are never at risk)."""
+    """Append rows to a small table by an atomic rewrite (old rows are never at risk);
+    the read-modify-write holds a lock, so parallel appenders lose no rows."""
     target = Path(path)
     new = _to_arrow(frame, spec, target)
-    combined = pa.concat_tables([read_arrow(target, spec), new]) if target.exists() else new
-    atomic_write_bytes(target, _serialise(combined))
+    with _exclusive(target):
+        combined = pa.concat_tables([read_arrow(target, spec), new]) if target.exists() else new
+        atomic_write_bytes(target, _serialise(combined))
     return target
 
 

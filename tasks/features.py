@@ -26,6 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 from PIL import Image
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Dataset
 
 from storage.layout import DataRoot
@@ -145,6 +147,10 @@ def compute_features(
     loader = DataLoader(
         ImageFiles(todo["path"].tolist(), spec.transform()), batch_size=settings.batch_size, num_workers=settings.workers,
         collate_fn=_collate, pin_memory=cuda, persistent_workers=False,
+        # Workers start from a clean forkserver, not a fork of this process: under Prefect this
+        # process runs API-logging and event threads, and a forked copy of them killed a worker
+        # (exit code 1, no traceback) in the middle of the demo's 5,472 images.
+        multiprocessing_context="forkserver" if settings.workers > 0 else None,
     )  # fmt: skip
     started = time.perf_counter()
     pending_sha: list[str] = []
@@ -197,3 +203,22 @@ def features_step(root: str, settings: FeaturesConfig, device: str = "auto") -> 
     data_root = DataRoot.resolve(root)
     options = FeatureSettings(settings.encoder, settings.weights_path, settings.batch_size, settings.workers, device=device)
     return compute_features(data_root, images_to_encode(data_root, "all"), options, step_logger())
+
+
+@task(name="features-todo", cache_policy=NO_CACHE)
+def feature_chunks_step(root: str, settings: FeaturesConfig, parts: int) -> list[list[list[str]]]:
+    """The images without features, as ``parts`` chunks of ``[sha256, path]`` for parallel shard tasks."""
+    data_root = DataRoot.resolve(root)
+    spec = encoder_spec(settings.encoder)
+    images = images_to_encode(data_root, "all")
+    done = set(read_shards(data_root.features_dir(spec.encoder_id), feature_schema(spec.dim)).column("sha256").to_pylist())
+    todo = images[~images["sha256"].isin(done)][["sha256", "path"]].values.tolist()
+    return [chunk for chunk in (todo[i::parts] for i in range(parts)) if chunk]
+
+
+@pipeline_task("features-shard", ("tasks.features", "webvse_model.cnn"))
+def features_shard_step(root: str, images: list[list[str]], settings: FeaturesConfig, device: str = "auto") -> dict[str, Any]:
+    """Encode one chunk of images (one task per worker with a Dask task runner); writes its own shards."""
+    options = FeatureSettings(settings.encoder, settings.weights_path, settings.batch_size, settings.workers, device=device)
+    frame = pd.DataFrame(images, columns=["sha256", "path"])
+    return compute_features(DataRoot.resolve(root), frame, options, step_logger())

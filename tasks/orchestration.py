@@ -180,6 +180,10 @@ class StepCall:
         gone = writes is not None and not all(Path(p).exists() for p in writes(dict(inputs.arguments)))
         return self.task.with_options(refresh_cache=self.refresh or gone)(*args, **kwargs)
 
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        """One task run per element on the flow's task runner (threads, or Dask workers)."""
+        return self.task.with_options(refresh_cache=self.refresh).map(*args, **kwargs)
+
 
 def configured(task: Task[Any, Any], step: Step, root: DataRoot, plan: StepPlan, retries: RetryConfig) -> StepCall:
     """``task`` with the cache under the data root, ``refresh`` from the plan and its retries."""

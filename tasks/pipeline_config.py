@@ -74,6 +74,7 @@ class FeaturesConfig(Section):
     weights_path: str | None = None
     batch_size: int = Field(64, ge=1)
     workers: int = Field(2, ge=0)
+    parallel_shards: int = Field(1, ge=1, description="split the images over this many tasks (e.g. one per Dask worker)")
 
     @field_validator("encoder")
     @classmethod
@@ -116,6 +117,13 @@ class EvaluateConfig(Section):
     examples: int = Field(5, ge=0, description="retrieval examples in the markdown artifact")
 
 
+class ExperimentConfig(Section):
+    """The grid of ``webvse experiment``: losses x {baseline, Stage I, Stage II +- curriculum} x seeds."""
+
+    losses: list[Literal["vse", "vse++"]] = Field(default_factory=lambda: ["vse", "vse++"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+
+
 class RetryConfig(Section):
     """Task-level retries (on top of the per-request retries inside the crawler)."""
 
@@ -136,6 +144,7 @@ class PipelineConfig(Section):
     vectors: VectorsConfig = VectorsConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
     retries: RetryConfig = RetryConfig()
 
     @property
@@ -186,10 +195,15 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for dotted, value in (overrides or {}).items():
+    return config_from_dict(merge_dotted(values, overrides or {}), str(path or "configuration"))
+
+
+def merge_dotted(values: dict[str, Any], dotted: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``{"train.epochs": 2}``-style overrides applied (in place)."""
+    for key, value in dotted.items():
         node = values
-        *parents, leaf = dotted.split(".")
+        *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return config_from_dict(values, str(path or "configuration"))
+    return values

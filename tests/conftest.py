@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+
+# Prefect: a private home (its database and settings) and no telemetry, before any import of it;
+# a developer's PREFECT_API_URL must not send test runs to their server.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="webvse-prefect-home-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
 
 import pytest
 import torch

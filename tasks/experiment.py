@@ -1,0 +1,247 @@
+"""The experiment of the paper's Tables 1-2: does web data help, beyond the seed spread?
+
+Grid: {VSE, VSE++} x {baseline (lambda_tag = 0), Stage I with the tag loss, Stage I +
+Stage II without curriculum, Stage I + Stage II with curriculum} x seeds. The two Stage II
+variants of a (loss, seed) fork the same Stage I run, so the grid trains 2 Stage I and
+2 Stage II models per (loss, seed), and the flow's cache serves every cell already done.
+
+The report gives mean +- std over seeds in the paper's layout (R@1, R@10, MedR both
+ways), and the same recalls split by **concept frequency**: test images whose rarest
+concept is frequent in the training captions vs rare. Concepts are the world's ground
+truth objects when the split file has them (the generated world), else the image's
+dummy tags that are keywords (any real dataset).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import TaskRunContext
+
+from storage.atomic import atomic_write_text
+from storage.layout import DataRoot
+from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, KEYWORDS, read_table
+from tasks.evaluation import embedded_stages, run_source
+from tasks.keywords import image_dummy_tags
+from tasks.orchestration import pipeline_task, root_of, step_logger
+from tasks.pipeline_config import EvaluateConfig, TrainConfig
+from tasks.report import plot_r1_bars
+from tasks.training import RunSettings, run_settings
+from webvse_model.metrics import retrieval_ranks, run_protocol
+
+VARIANTS = ("baseline", "stage1", "stage2-nocurriculum", "stage2-curriculum")
+VARIANT_NAMES = {
+    "baseline": "baseline (λ=0)",
+    "stage1": "Stage I + tags",
+    "stage2-nocurriculum": "+ Stage II, no curriculum",
+    "stage2-curriculum": "+ Stage II, curriculum",
+}
+EXPERIMENT_DIR = "experiment"
+GROUPS = ("frequent", "rare")
+
+
+def loss_slug(loss: str) -> str:
+    """``vse++`` -> ``vsepp``: run folder names allow no '+'."""
+    return loss.replace("+", "p")
+
+
+def grid_settings(train: TrainConfig, loss: str, seed: int, device: str) -> dict[str, RunSettings]:
+    """The trainings of one (loss, seed): ``baseline`` and ``webly`` Stage I, Stage II with and without curriculum."""
+    cell = train.model_copy(update={"loss": loss, "seed": seed})
+    return {
+        "baseline": run_settings(cell, device, lambda_tag=0.0),
+        "webly": run_settings(cell, device),
+        "nocurriculum": run_settings(cell.model_copy(update={"curriculum": False}), device),
+    }
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One cell of the grid: which run folder and stage hold its model."""
+
+    loss: str
+    seed: int
+    variant: str
+    run_dir: str
+    stage: str
+
+
+# ------------------------------------------------------------------ concept frequency
+def _world_concepts(karpathy: Path) -> dict[str, list[str]] | None:
+    """Ground-truth objects per image id, when the split file carries them (the generated world)."""
+    if not karpathy.is_file():
+        return None
+    entries = json.loads(karpathy.read_text(encoding="utf-8")).get("images", [])
+    if not entries or "concepts" not in entries[0]:
+        return None
+    return {str(e.get("cocoid", e.get("imgid", Path(e["filename"]).stem))): list(e["concepts"]["objects"]) for e in entries}
+
+
+def image_concepts(root: DataRoot, karpathy: str | None) -> dict[str, list[str]]:
+    """Concepts per image: world objects if known, else the image's dummy tags that are keywords."""
+    known = _world_concepts(Path(karpathy)) if karpathy else None
+    if known is not None:
+        return known
+    keywords = set(read_table(root.keywords, KEYWORDS)["keyword"])
+    tags = image_dummy_tags(read_table(root.clean_captions, CLEAN_CAPTIONS))
+    return {image_id: [t for t in image_tags if t in keywords] for image_id, image_tags in tags.items()}
+
+
+def frequency_groups(root: DataRoot, split: str, karpathy: str | None) -> np.ndarray:
+    """``frequent`` / ``rare`` per image of ``split`` (evaluation order): halves by the training
+    frequency of the image's rarest concept."""
+    images = read_table(root.clean_images, CLEAN_IMAGES)
+    concepts = image_concepts(root, karpathy)
+    train_ids = images.loc[images["split"] == "train", "image_id"]
+    counts = Counter(c for image_id in train_ids for c in set(concepts.get(image_id, [])))
+    test_ids = images.loc[images["split"] == split, "image_id"].tolist()
+    rarest = np.array([min((counts[c] for c in concepts.get(i, [])), default=0) for i in test_ids])
+    order = np.argsort(rarest, kind="stable")
+    groups = np.full(len(test_ids), "frequent", dtype=object)
+    groups[order[: len(order) // 2]] = "rare"
+    return groups
+
+
+def _group_recalls(i2t: np.ndarray, t2i: np.ndarray, groups: np.ndarray, k: int) -> dict[str, float]:
+    out = {}
+    caption_groups = np.repeat(groups, k)
+    for group in GROUPS:
+        for direction, ranks, member in (("i2t", i2t, groups == group), ("t2i", t2i, caption_groups == group)):
+            for at in (1, 10):
+                out[f"{direction}_r{at}_{group}"] = float(100.0 * np.mean(ranks[member] < at)) if member.any() else float("nan")
+    return out
+
+
+# ------------------------------------------------------------------ tables
+def measure(runs: list[GridRun], settings: EvaluateConfig, groups: np.ndarray | None, device: str = "auto") -> pd.DataFrame:
+    """One row per grid cell: the standard metrics and the frequency-group recalls."""
+    rows = []
+    for cell in runs:
+        embedded = next(e for e in embedded_stages(cell.run_dir, settings.split, device) if e.stage == cell.stage)
+        metrics = run_protocol(settings.protocol, embedded.images, embedded.captions, embedded.captions_per_image).metrics.to_dict()
+        row = {**asdict(cell), **metrics}
+        if groups is not None:
+            i2t, t2i = retrieval_ranks(embedded.images, embedded.captions, embedded.captions_per_image)
+            row |= _group_recalls(i2t, t2i, groups, embedded.captions_per_image)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (loss, variant), in grid order."""
+    metrics = [c for c in table.columns if c not in ("loss", "seed", "variant", "run_dir", "stage")]
+    grouped = table.groupby(["loss", "variant"], sort=False)[metrics]
+    summary = grouped.mean().join(grouped.std(ddof=1).fillna(0.0), rsuffix="_std").reset_index()
+    summary["seeds"] = grouped.size().to_numpy()
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    summary = summary.sort_values(["loss", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s).reset_index(drop=True)
+    summary["label"] = [f"{loss.upper()} {VARIANT_NAMES[v]}" for loss, v in zip(summary["loss"], summary["variant"])]
+    return summary
+
+
+def _cell(row: pd.Series, column: str, digits: int = 1) -> str:
+    return f"{row[column]:.{digits}f} ± {row[column + '_std']:.{digits}f}"
+
+
+def paper_table(summary: pd.DataFrame) -> str:
+    """Markdown in the paper's layout: R@1, R@10, MedR for image->text and text->image."""
+    lines = [
+        "| model | i→t R@1 | i→t R@10 | i→t MedR | t→i R@1 | t→i R@10 | t→i MedR | rsum |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, row in summary.iterrows():
+        cells = [_cell(row, f"{d}_{m}") for d in ("i2t", "t2i") for m in ("r1", "r10", "medr")]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {_cell(row, 'rsum')} |")
+    return "\n".join(lines)
+
+
+def frequency_table(summary: pd.DataFrame) -> str:
+    lines = [
+        "| model | i→t R@1 frequent | i→t R@1 rare | t→i R@1 frequent | t→i R@1 rare | t→i R@10 frequent | t→i R@10 rare |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    columns = ("i2t_r1_frequent", "i2t_r1_rare", "t2i_r1_frequent", "t2i_r1_rare", "t2i_r10_frequent", "t2i_r10_rare")
+    for _, row in summary.iterrows():
+        lines.append(f"| {row['label']} | " + " | ".join(_cell(row, c) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def beyond_spread(summary: pd.DataFrame, variant: str, metric: str = "rsum") -> dict[str, str]:
+    """Per loss: does ``variant`` beat the baseline by more than the two seed spreads together?"""
+    verdicts = {}
+    for loss, rows in summary.groupby("loss", sort=False):
+        base = rows[rows["variant"] == "baseline"].iloc[0]
+        other = rows[rows["variant"] == variant].iloc[0]
+        gain, spread = other[metric] - base[metric], other[f"{metric}_std"] + base[f"{metric}_std"]
+        word = "better" if gain > spread else "worse" if gain < -spread else "within the seed spread of"
+        verdicts[str(loss)] = f"{word} the baseline ({metric} {gain:+.1f}, spread {spread:.1f})"
+    return verdicts
+
+
+# ------------------------------------------------------------------ the Prefect task
+@dataclass
+class ExperimentReport:
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    markdown: str
+    folder: Path
+
+
+def report_experiment(root: DataRoot, runs: list[GridRun], settings: EvaluateConfig, karpathy: str | None, device: str = "auto",
+                      log: Callable[[str], None] = print) -> ExperimentReport:  # fmt: skip
+    source = run_source(Path(runs[0].run_dir))
+    split = settings.split or source.test_split
+    groups = frequency_groups(root, split, karpathy) if source.kind == "parquet" else None
+    table = measure(runs, settings, groups, device)
+    summary = summarise(table)
+    folder = root.runs_dir / EXPERIMENT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(folder / "cells.parquet")  # one row per (loss, variant, seed)
+    summary.to_parquet(folder / "summary.parquet")
+    plot_r1_bars(summary, folder / "r1.png", label_column="label")
+    verdicts = {v: beyond_spread(summary, v) for v in VARIANTS[1:]}
+    seeds = sorted(table["seed"].unique().tolist())
+    markdown = "\n\n".join(
+        [
+            f"# Experiment: {split} split, protocol {settings.protocol}, seeds {seeds} (mean ± std)",
+            paper_table(summary),
+            "## By concept frequency (test images whose rarest concept is frequent / rare in training)",
+            frequency_table(summary) if groups is not None else "(no concepts for a precomputed-feature source)",
+            "## Beyond the seed spread?",
+            "\n".join(f"- {VARIANT_NAMES[v]}: " + "; ".join(f"{loss.upper()} {text}" for loss, text in per.items()) for v, per in verdicts.items()),
+            f"Plot: `{folder / 'r1.png'}`; cells: `{folder / 'cells.parquet'}`",
+        ]
+    )
+    atomic_write_text(folder / "results.md", markdown)
+    log(f"experiment: {len(runs)} cells evaluated -> {folder}")
+    return ExperimentReport(table, summary, markdown, folder)
+
+
+def _experiment_reads(inputs: dict[str, Any]) -> list[Path]:
+    root = root_of(inputs)
+    manifests = [Path(r["run_dir"]) / r["stage"] / "checkpoints.json" for r in inputs["runs"]]
+    return [root.clean_images, root.clean_captions, root.keywords, *manifests]
+
+
+@pipeline_task(
+    "experiment-report",
+    ("tasks.experiment", "tasks.evaluation", "tasks.report", "webvse_model"),
+    reads=_experiment_reads,
+    writes=lambda i: [root_of(i).runs_dir / EXPERIMENT_DIR / "results.md"],
+)
+def experiment_report_step(root: str, runs: list[dict[str, Any]], settings: EvaluateConfig, karpathy: str | None, device: str = "auto") -> list[dict[str, Any]]:
+    """Evaluate every grid cell, write the tables and plot, publish them as artifacts."""
+    report = report_experiment(DataRoot.resolve(root), [GridRun(**r) for r in runs], settings, karpathy, device, step_logger())
+    records = report.summary.drop(columns=[c for c in report.summary.columns if c.endswith("_std") and "r5" in c]).to_dict("records")
+    if TaskRunContext.get() is not None:
+        create_table_artifact(records, key="webvse-experiment", description="mean ± std over seeds per (loss, variant)")
+        create_markdown_artifact(report.markdown, key="webvse-experiment-report", description="the experiment in the paper's layout")
+    return records

@@ -1,0 +1,203 @@
+"""The Prefect flow `webvse` end to end on a tiny offline world: outputs, cache, refresh, retries.
+
+Flows run in-process against Prefect's ephemeral API (a private PREFECT_HOME, see
+conftest). Task states are read back from the API, so "served from cache" means
+Prefect reported ``Cached`` for the task run and never ran its body.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from pipeline_support import run_counts, task_states, tiny_config
+
+from flows.pipeline import webvse
+from storage.tables import KEYWORDS, WEB_PHOTOS, feature_schema, read_shards, read_table, write_table
+from tasks.features import images_to_encode
+from tasks.orchestration import StepPlan
+from tasks.pipeline_config import STEPS, load_config
+from webvse_model.cnn import encoder_spec
+from webvse_model.train import ConfigError
+from webvse_world.flickr_server import FlickrServer
+
+EVERY_TASK = {"world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate"}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory):
+    config = tiny_config(tmp_path_factory.mktemp("pipeline") / "data")
+    state = webvse(config=config, return_state=True)
+    assert state.is_completed(), state.message
+    return config, state
+
+
+@pytest.mark.slow
+def test_first_run_runs_every_step_and_writes_the_report(first_run) -> None:
+    config, state = first_run
+    states = task_states(state.state_details.flow_run_id)
+    assert set(states) == EVERY_TASK
+    assert all(s == "Completed" for names in states.values() for s in names), states
+    assert len(states["stage1"]) == 2  # the baseline and the webly Stage I
+    outcome = state.result()
+    table = pd.DataFrame(outcome["results"])
+    assert list(table["variant"]) == ["baseline/stage1", "webly/stage1", "webly/stage2"]
+    recalls = table[[f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]].to_numpy()
+    assert ((recalls >= 0) & (recalls <= 100)).all() and (table[["i2t_medr", "t2i_medr"]] >= 1).all().all()
+    report = config.root.runs_dir / "report"
+    for png in ("recall_at_k.png", "training.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (report / "results.md").read_text()
+    assert "ground truth at rank" in markdown and "webly/stage2" in markdown
+    for run in outcome["runs"].values():
+        assert (Path(run) / "stage1" / "checkpoints.json").is_file() and (Path(run) / "training.png").is_file()
+    assert (Path(outcome["runs"]["webly"]) / "stage2" / "checkpoints.json").is_file()
+
+
+@pytest.mark.slow
+def test_second_run_executes_no_task_body(first_run) -> None:
+    config, state = first_run
+    again = webvse(config=config, return_state=True)
+    states = task_states(again.state_details.flow_run_id)
+    assert set(states) == EVERY_TASK
+    not_cached = {name: s for name, s in states.items() if any(x != "Cached" for x in s)}
+    assert not not_cached, f"ran again instead of the cache: {not_cached}"
+    assert again.result()["results"] == state.result()["results"]
+
+
+@pytest.mark.slow
+def test_a_changed_keyword_reruns_the_crawl_and_what_follows_but_not_keywords(first_run) -> None:
+    config, _ = first_run
+    root = config.root
+    keywords = read_table(root.keywords, KEYWORDS)
+    crawled = config.crawl.max_keywords
+    swapped_in = keywords.loc[keywords["rank"] == crawled + 1, "keyword"].item()  # a keyword the crawl never searched
+    keywords.loc[keywords["rank"] == 1, "keyword"] = swapped_in
+    write_table(root.keywords, keywords, KEYWORDS)
+    before = set(read_table(root.web_photos, WEB_PHOTOS)["photo_id"])
+
+    state = webvse(config=config, return_state=True)
+    assert state.is_completed(), state.message
+    states = task_states(state.state_details.flow_run_id)
+    assert states["world"] == ["Cached"] and states["keywords"] == ["Cached"], states
+    for name in ("crawl", "features", "vectors", "stage1", "stage2", "evaluate"):
+        assert all(s == "Completed" for s in states[name]), (name, states)
+    photos = read_table(root.web_photos, WEB_PHOTOS)
+    assert swapped_in in {k for ks in photos["keywords"] for k in ks}
+    assert set(photos["photo_id"]) > before  # the new keyword found photos the old list had not
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_crawl_completes_through_a_task_retry_when_flickr_is_down_at_first(tmp_path: Path) -> None:
+    """Attempt 1 meets a closed port (every request fails); the server comes up; attempt 2 crawls."""
+    port = _free_port()
+    config = tiny_config(
+        tmp_path / "data",
+        crawl={"api_url": f"http://127.0.0.1:{port}/services/rest/", "request_attempts": 1},
+        retries={"crawl": 2, "crawl_delay_seconds": 1},
+    )
+    servers: list[FlickrServer] = []
+
+    def bring_server_up_after_the_first_call() -> None:
+        web = config.root.web_dir
+        while not (web.is_dir() and any(web.glob("api-calls-*.log"))):
+            time.sleep(0.05)
+        time.sleep(0.3)  # the refused call has happened: attempt 1 is failing
+        servers.append(FlickrServer(config.root.world_corpus_dir, port=port).start())
+
+    watcher = threading.Thread(target=bring_server_up_after_the_first_call, daemon=True)
+    watcher.start()
+    try:
+        state = webvse(config=config, steps=["world", "keywords", "crawl"], return_state=True)
+    finally:
+        watcher.join(timeout=5)
+        for server in servers:
+            server.stop()
+    assert state.is_completed(), state.message
+    assert run_counts(state.state_details.flow_run_id)["crawl"] == 2
+    photos = read_table(config.root.web_photos, WEB_PHOTOS)
+    assert (photos["status"] == "kept").sum() > 0
+
+
+def test_refresh_reruns_the_step_and_what_depends_on_it() -> None:
+    plan = StepPlan.make(None, ["crawl"])
+    assert plan.selected == set(STEPS)
+    assert plan.refreshed == {"crawl", "features", "vectors", "stage1", "stage2", "evaluate"}
+    assert StepPlan.make(["evaluate"], ["evaluate"]).refreshed == {"evaluate"}
+    with pytest.raises(ValueError, match="unknown step"):
+        StepPlan.make(["crawll"])
+
+
+def test_a_bad_config_value_names_its_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 0\ncrawl:\n  per_pag: 10\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "train.epochs" in str(caught.value) and "crawl.per_pag" in str(caught.value)
+    assert load_config(None, {"train.epochs": 3}).train.epochs == 3
+
+
+@pytest.mark.slow
+def test_feature_shards_run_as_parallel_tasks_on_a_dask_task_runner(tmp_path: Path) -> None:
+    """`webvse run --task-runner dask`: the images split over 2 shard tasks on a local Dask cluster."""
+    config = tiny_config(tmp_path / "data", features={"parallel_shards": 2})
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    command = [sys.executable, "-m", "flows.cli", "run", "--config", str(path), "--task-runner", "dask", "--steps", "world", "keywords", "crawl", "features"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "DaskTaskRunner" in done.stdout + done.stderr
+    assert len(re.findall(r"Task run 'features-shard-\w+' - Finished in state Completed", done.stdout + done.stderr)) == 2
+    root = config.root
+    images = images_to_encode(root, "all")
+    spec = encoder_spec(config.features.encoder)
+    encoded = read_shards(root.features_dir(spec.encoder_id), feature_schema(spec.dim)).column("sha256").to_pylist()
+    assert sorted(encoded) == sorted(images["sha256"])  # every image once, none twice
+
+
+@pytest.mark.slow
+def test_a_tiny_experiment_grid_reports_real_measurements(first_run) -> None:
+    from flows.experiment import experiment
+
+    config, _ = first_run
+    grid = config.model_copy(update={"experiment": config.experiment.model_copy(update={"seeds": [0, 1]})})
+    outcome = experiment(config=grid)
+    summary = pd.DataFrame(outcome["summary"])
+    assert len(summary) == 2 * 4 and set(summary["seeds"]) == {2}  # {VSE, VSE++} x 4 variants, 2 seeds each
+    assert list(summary["variant"][:4]) == ["baseline", "stage1", "stage2-nocurriculum", "stage2-curriculum"]
+    recalls = summary[[f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]].to_numpy()
+    assert np.isfinite(recalls).all() and ((recalls >= 0) & (recalls <= 100)).all()
+    assert (summary[["i2t_medr", "t2i_medr"]] >= 1).all().all()
+    assert np.isfinite(summary[[c for c in summary.columns if c.endswith("_std")]].to_numpy(dtype=float)).all()
+    for group in ("frequent", "rare"):
+        assert summary[f"t2i_r10_{group}"].between(0, 100).all()
+    cells = pd.read_parquet(Path(outcome["folder"]) / "cells.parquet")
+    assert len(cells) == 16 and cells.groupby(["loss", "variant"]).size().eq(2).all()
+    # the two Stage II variants of a (loss, seed) fork one Stage I run; baselines are separate runs
+    webly = cells[cells["variant"] == "stage1"].set_index(["loss", "seed"])["run_dir"]
+    for variant in ("stage2-nocurriculum", "stage2-curriculum"):
+        forks = cells[cells["variant"] == variant].set_index(["loss", "seed"])["run_dir"]
+        assert all(Path(forks[k], "stage1", "checkpoints.json").read_bytes() == Path(webly[k], "stage1", "checkpoints.json").read_bytes() for k in forks.index)
+    markdown = (Path(outcome["folder"]) / "results.md").read_text()
+    assert "± " in markdown and "Beyond the seed spread" in markdown
+    assert (Path(outcome["folder"]) / "r1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_shipped_configurations_are_valid() -> None:
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        assert load_config(path).data_root, path
