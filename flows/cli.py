@@ -234,6 +234,7 @@ def _run_flow(config: PipelineConfig, steps: list[str] | None, refresh: list[str
         os.environ[TASK_RUNNER_ENV] = task_runner  # read when flows.pipeline is imported (the flow's runner)
     from flows.pipeline import webvse  # Prefect starts its ephemeral API on first use: only when a flow runs
 
+    print(f"task runner: {type(webvse.task_runner).__name__}", flush=True)
     started = time.perf_counter()
     outcome = webvse(config=config, steps=steps, refresh=refresh)
     outcome["seconds"] = time.perf_counter() - started

@@ -15,6 +15,7 @@ killed mid-way resumes without recomputing finished shards and never sees a part
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,13 +145,17 @@ def compute_features(
     cuda = device.type == "cuda"
     if cuda:
         net = net.to(memory_format=torch.channels_last)
+    workers = settings.workers
+    if workers and multiprocessing.current_process().daemon:  # e.g. a Dask worker: it may not start children
+        log(f"features: decoding in this process (a daemonic worker cannot start {workers} decode workers)")
+        workers = 0
     loader = DataLoader(
-        ImageFiles(todo["path"].tolist(), spec.transform()), batch_size=settings.batch_size, num_workers=settings.workers,
+        ImageFiles(todo["path"].tolist(), spec.transform()), batch_size=settings.batch_size, num_workers=workers,
         collate_fn=_collate, pin_memory=cuda, persistent_workers=False,
         # Workers start from a clean forkserver, not a fork of this process: under Prefect this
         # process runs API-logging and event threads, and a forked copy of them killed a worker
         # (exit code 1, no traceback) in the middle of the demo's 5,472 images.
-        multiprocessing_context="forkserver" if settings.workers > 0 else None,
+        multiprocessing_context="forkserver" if workers > 0 else None,
     )  # fmt: skip
     started = time.perf_counter()
     pending_sha: list[str] = []

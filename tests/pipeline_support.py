@@ -29,13 +29,20 @@ def tiny_config(data_root: Path, **sections: dict[str, Any]) -> PipelineConfig:
     return config_from_dict({**values, "data_root": str(data_root)})
 
 
-def task_states(flow_run_id: UUID) -> dict[str, list[str]]:
-    """``{task name: [final state name per task run]}`` of one flow run, read from the Prefect API."""
+def _task_runs(flow_run_id: UUID) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200
+        )
+
+
+def task_states(flow_run_id: UUID) -> dict[str, list[str]]:
+    """``{task name: [final state name per task run]}`` of one flow run, read from the Prefect API."""
+    runs = _task_runs(flow_run_id)
     states: dict[str, list[str]] = defaultdict(list)
     for run in runs:
         states[run.name.rsplit("-", 1)[0]].append(run.state.name if run.state else "?")
@@ -44,9 +51,5 @@ def task_states(flow_run_id: UUID) -> dict[str, list[str]]:
 
 def run_counts(flow_run_id: UUID) -> dict[str, int]:
     """How many attempts each task run of a flow run made (1 = no retry)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    runs = _task_runs(flow_run_id)
     return {run.name.rsplit("-", 1)[0]: run.run_count for run in runs}

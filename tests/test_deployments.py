@@ -122,7 +122,7 @@ def test_deployments_run_on_a_real_server_and_worker(prefect_server: PrefectServ
     assert set(by_name) == {"full-pipeline", "recrawl", "re-evaluate", "nightly-retrain"}
     nightly = by_name["nightly-retrain"]
     assert nightly["work_pool_name"] == "gpu" and nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
-    assert nightly["concurrency_limit"] == 1
+    assert nightly["global_concurrency_limit"]["limit"] == 1
     prefect_server.spawn("worker", "worker", "start", "--pool", "cpu")
 
     config = tiny_config(tmp_path / "data").model_dump(mode="json")

@@ -161,8 +161,10 @@ def test_feature_shards_run_as_parallel_tasks_on_a_dask_task_runner(tmp_path: Pa
     command = [sys.executable, "-m", "flows.cli", "run", "--config", str(path), "--task-runner", "dask", "--steps", "world", "keywords", "crawl", "features"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "DaskTaskRunner" in done.stdout + done.stderr
-    assert len(re.findall(r"Task run 'features-shard-\w+' - Finished in state Completed", done.stdout + done.stderr)) == 2
+    output = done.stdout + done.stderr
+    assert "task runner: DaskTaskRunner" in output
+    assert len(re.findall(r"Task run 'features-shard-\w+' - Finished in state Completed", output)) == 2
+    assert output.count("a daemonic worker cannot start") == 2  # both shards ran inside Dask worker processes
     root = config.root
     images = images_to_encode(root, "all")
     spec = encoder_spec(config.features.encoder)
