@@ -89,6 +89,7 @@ class VectorsConfig(Section):
     dim: int = Field(300, ge=2)
     seed: int = 0
     web_tags: bool = Field(True, description="also train on the crawled photos' English tags")
+    extra_captions: str | None = Field(None, description="an image,caption file of caption-only images (e.g. Flickr8k all_captions.txt)")
 
 
 class TrainConfig(Section):
@@ -149,7 +150,8 @@ class PipelineConfig(Section):
 
     @property
     def uses_world(self) -> bool:
-        return not self.dataset.karpathy
+        """The generated world is needed: as the clean dataset, or as the corpus of a local crawl."""
+        return not self.dataset.karpathy or (not self.crawl.api_url and not self.crawl.corpus)
 
     @property
     def root(self) -> DataRoot:

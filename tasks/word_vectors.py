@@ -15,7 +15,7 @@ loss and counted, never given a silent zero vector.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,13 @@ from gensim.models import KeyedVectors, Word2Vec
 
 from storage.atomic import atomic_write_path
 from storage.layout import DataRoot
-from storage.tables import CLEAN_CAPTIONS, WEB_PHOTOS, read_table
+from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, WEB_PHOTOS, read_table
 from tasks.keywords import group_key
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import VectorsConfig
 from tasks.text_backends import STOP_WORDS, lemma_of_tag
+from webvse_model.datasets.flickr8k import read_flickr8k_captions
+from webvse_model.text import tokenize
 
 VECTORS_FILE = "word_vectors.bin"
 
@@ -97,9 +99,24 @@ def caption_documents(captions: pd.DataFrame) -> list[list[str]]:
     """One document per clean image: the grouped lemmas of all its captions' content words."""
     docs = []
     for _, group in captions.sort_values("caption_id", kind="stable").groupby("image_id", sort=False):
-        words = [group_key(lemma_of_tag(t)) for tokens in group["tokens"] for t in tokens]
-        docs.append([w for w in words if w.isalpha() and len(w) > 1 and w not in STOP_WORDS])
+        docs.append(_content_words(t for tokens in group["tokens"] for t in tokens))
     return docs
+
+
+def _content_words(tokens: Iterable[str]) -> list[str]:
+    words = (group_key(lemma_of_tag(t)) for t in tokens)
+    return [w for w in words if w.isalpha() and len(w) > 1 and w not in STOP_WORDS]
+
+
+def caption_file_documents(csv_path: str | Path, skip_images: Iterable[str] = ()) -> list[list[str]]:
+    """One document per image of a Flickr8k-style ``image,caption`` file (e.g. the 7,091
+    caption-only images of ``all_captions.txt``), skipping images already in the clean set."""
+    skip = set(skip_images)
+    return [
+        _content_words(t for caption in captions for t in tokenize(caption))
+        for name, captions in read_flickr8k_captions(csv_path).items()
+        if name not in skip
+    ]
 
 
 def run_vectors(
@@ -136,12 +153,19 @@ def _vectors_reads(inputs: dict[str, Any]) -> list[Path]:
     root, settings = root_of(inputs), inputs["settings"]
     if settings.pretrained:
         return [Path(settings.pretrained)]
-    return [root.clean_captions] + ([root.web_photos] if settings.web_tags else [])
+    extra = [Path(settings.extra_captions), root.clean_images] if settings.extra_captions else []
+    return [root.clean_captions, *extra] + ([root.web_photos] if settings.web_tags else [])
 
 
 @pipeline_task("vectors", ("tasks.word_vectors",), reads=_vectors_reads, writes=lambda i: [root_of(i).vectors_dir / VECTORS_FILE])
 def vectors_step(root: str, settings: VectorsConfig) -> str:
     """Load or train the word vectors (on captions and, if set, the web tags); returns the file."""
     data_root = DataRoot.resolve(root)
+    log = step_logger()
+    extra: list[list[str]] = []
+    if settings.extra_captions and not settings.pretrained:
+        clean = {Path(p).name for p in read_table(data_root.clean_images, CLEAN_IMAGES)["path"]}
+        extra = caption_file_documents(settings.extra_captions, skip_images=clean)
+        log(f"vectors: {len(extra)} extra documents from {settings.extra_captions} (images not in the clean set)")
     web = web_tag_documents(data_root) if settings.web_tags and not settings.pretrained else []
-    return str(run_vectors(data_root, settings.pretrained, web, settings.dim, settings.seed, step_logger()))
+    return str(run_vectors(data_root, settings.pretrained, [*extra, *web], settings.dim, settings.seed, log))

@@ -12,7 +12,7 @@ from storage.tables import CLEAN_CAPTIONS, KEYWORDS, read_table, write_table
 from tasks.keywords import analyse_captions, image_dummy_tags, keyword_table, run_keywords, union_in_order
 from tasks.text_backends import BackendUnavailable, SpacyBackend, load_backend
 from tasks.web_tags import english_tags, is_english, normalise_tag, vocabulary_from
-from tasks.word_vectors import load_keyed_vectors, run_vectors, save_keyed_vectors, tag_features, train_word2vec
+from tasks.word_vectors import caption_file_documents, load_keyed_vectors, run_vectors, save_keyed_vectors, tag_features, train_word2vec
 
 CAPTIONS = [
     "A man is riding a horse on the beach.",
@@ -140,3 +140,15 @@ def test_vectors_file_round_trip_and_tag_features(tmp_path: Path) -> None:
     (tmp_path / "broken.bin").write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="not a readable word-vectors file"):
         load_keyed_vectors(tmp_path / "broken.bin")
+
+
+def test_caption_only_images_become_extra_word2vec_documents(tmp_path: Path) -> None:
+    csv = tmp_path / "all_captions.txt"
+    csv.write_text(
+        "image,caption\n"
+        "a.jpg,Two dogs are running on the beach .\n"
+        "a.jpg,Puppies play in the sand .\n"
+        "b.jpg,A man rides a bicycle .\n"
+    )
+    documents = caption_file_documents(csv, skip_images=["b.jpg"])  # b.jpg is already a clean image
+    assert documents == [["dog", "run", "beach", "puppy", "play", "sand"]]

@@ -53,6 +53,19 @@ def test_tag_loss_and_stage2_train_and_are_evaluated(tiny_precomp: Path, tmp_pat
     assert torch.equal(m1.sentence.fc.weight, m2.sentence.fc.weight)
 
 
+def test_a_frozen_branch_keeps_its_weights_through_a_stage(tiny_precomp: Path, tmp_path: Path) -> None:
+    stage1 = replace(FAST, epochs=2)
+    stage2 = replace(default_stage2(stage1, 2), frozen=("tag",))
+    train_run(tmp_path / "run", DataSource(str(tiny_precomp)), RunSettings(stage1=stage1, stage2=stage2, **SMALL), **QUIET)
+    m1 = load_model(CheckpointStore(tmp_path / "run" / "stage1"), "best")
+    m2 = load_model(CheckpointStore(tmp_path / "run" / "stage2"), "best")
+    assert all(torch.equal(a, b) for a, b in zip(m1.tag.parameters(), m2.tag.parameters()))
+    assert not torch.equal(m1.image.net[0].weight, m2.image.net[0].weight)
+    with pytest.raises(ConfigError, match="frozen"):
+        StageConfig(frozen=("text",))
+    assert StageConfig.from_dict({**stage2.to_dict(), "frozen": ["tag"]}).frozen == ("tag",)
+
+
 def test_curriculum_grows_from_frequent_to_rare() -> None:
     ranks = torch.arange(1, 11).repeat_interleave(3).numpy()
     schedule = CurriculumSchedule(start_fraction=0.3, full_at_epoch=2)

@@ -41,6 +41,7 @@ from webvse_model.losses import LOSS_VARIANTS, ranking_loss
 from webvse_model.metrics import RetrievalMetrics
 
 CHECKPOINT_FORMAT = "webvse-checkpoint-1"
+BRANCHES: tuple[str, ...] = ("image", "sentence", "tag")
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,7 @@ class StageConfig:
     lambda_tag: float = 1.0
     seed: int = 0
     warmup_epochs: int = 0  # with vse++: first epochs on the sum of negatives, against early collapse on small data
+    frozen: tuple[str, ...] = ()  # branches ("image", "sentence", "tag") whose weights this stage leaves as they are
     curriculum: CurriculumSchedule = field(default_factory=CurriculumSchedule)
 
     def __post_init__(self) -> None:
@@ -83,6 +85,7 @@ class StageConfig:
         need(self.lambda_tag >= 0, "lambda_tag", "must be >= 0")
         need(self.lambda_sentence + self.lambda_tag > 0, "lambda_tag", "and lambda_sentence cannot both be 0")
         need(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        need(set(self.frozen) <= set(BRANCHES), "frozen", f"must name branches among {BRANCHES}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +93,8 @@ class StageConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StageConfig:
         values = dict(values)
+        if isinstance(values.get("frozen"), list):
+            values["frozen"] = tuple(values["frozen"])
         if isinstance(values.get("curriculum"), dict):
             values["curriculum"] = CurriculumSchedule(**values["curriculum"])
         unknown = set(values) - {f for f in cls.__dataclass_fields__}
@@ -181,7 +186,11 @@ class Trainer:
         self.on_epoch = on_epoch
         self.log = log
         self._epoch = 0
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        for branch in config.frozen:
+            module = getattr(self.model, branch)
+            if module is not None:
+                module.requires_grad_(False)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_decay_every, gamma=config.lr_decay)
 
     # ---------------------------------------------------------------- checkpoints
