@@ -181,7 +181,7 @@ def beyond_spread(summary: pd.DataFrame, variant: str, metric: str = "rsum") -> 
         base = rows[rows["variant"] == "baseline"].iloc[0]
         other = rows[rows["variant"] == variant].iloc[0]
         gain, spread = other[metric] - base[metric], other[f"{metric}_std"] + base[f"{metric}_std"]
-        word = "better" if gain > spread else "worse" if gain < -spread else "within the seed spread of"
+        word = "better than" if gain > spread else "worse than" if gain < -spread else "within the seed spread of"
         verdicts[str(loss)] = f"{word} the baseline ({metric} {gain:+.1f}, spread {spread:.1f})"
     return verdicts
 

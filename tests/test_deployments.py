@@ -119,7 +119,7 @@ def test_deployments_run_on_a_real_server_and_worker(prefect_server: PrefectServ
     prefect_server.cli("--no-prompt", "deploy", "--all")
     deployments = requests.post(f"{prefect_server.api}/deployments/filter", json={}, timeout=10).json()
     by_name = {d["name"]: d for d in deployments}
-    assert set(by_name) == {"full-pipeline", "recrawl", "re-evaluate", "nightly-retrain"}
+    assert set(by_name) == {"full-pipeline", "recrawl", "re-evaluate", "nightly-retrain", "experiment"}
     nightly = by_name["nightly-retrain"]
     assert nightly["work_pool_name"] == "gpu" and nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert nightly["global_concurrency_limit"]["limit"] == 1

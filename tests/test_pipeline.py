@@ -203,3 +203,20 @@ def test_a_tiny_experiment_grid_reports_real_measurements(first_run) -> None:
 def test_shipped_configurations_are_valid() -> None:
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         assert load_config(path).data_root, path
+
+
+@pytest.mark.slow
+def test_search_ranks_the_run_images_for_a_text_query(first_run) -> None:
+    from tasks.search import search_images
+
+    config, state = first_run
+    run = Path(state.result()["runs"]["webly"])
+    result = search_images(run, "a red dog on the beach", k=4, device="cpu")
+    assert result.stage == "stage2" and len(result.hits) == 4
+    scores = [score for _, score in result.hits]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+    assert all(Path(path).is_file() for path, _ in result.hits)
+    page = result.gallery.read_text()
+    assert page.count("<img ") == 4 and "a red dog on the beach" in page
+    with pytest.raises(ValueError, match="empty"):
+        search_images(run, "   ")

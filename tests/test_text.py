@@ -12,7 +12,14 @@ from storage.tables import CLEAN_CAPTIONS, KEYWORDS, read_table, write_table
 from tasks.keywords import analyse_captions, image_dummy_tags, keyword_table, run_keywords, union_in_order
 from tasks.text_backends import BackendUnavailable, SpacyBackend, load_backend
 from tasks.web_tags import english_tags, is_english, normalise_tag, vocabulary_from
-from tasks.word_vectors import caption_file_documents, load_keyed_vectors, run_vectors, save_keyed_vectors, tag_features, train_word2vec
+from tasks.word_vectors import (
+    caption_file_documents,
+    load_keyed_vectors,
+    run_vectors,
+    save_keyed_vectors,
+    tag_features,
+    train_word2vec,
+)
 
 CAPTIONS = [
     "A man is riding a horse on the beach.",
