@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -72,6 +73,10 @@ def serve_corpus(corpus: str | Path, port: int, faults: Faults = Faults(), acces
     server = FlickrServer(corpus, port=port, api_keys=keys, faults=faults, access_log=access_log)
     print(f"Flickr-compatible API at {server.rest_url} ({len(server.corpus.photos)} photos); Ctrl-C stops it", flush=True)
     print(f"it accepts the key in ${SERVER_KEY_ENV} (default: the offline demo key)", flush=True)
+    # Ctrl-C and SIGTERM stop it cleanly, also when started in the background (where a shell
+    # leaves SIGINT ignored and Python would never raise KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     server.start()
     try:
         while True:
