@@ -71,3 +71,15 @@ def test_vsepp_warmup_uses_the_sum_of_negatives_first() -> None:
     for epoch, expected in ((0, 2.4), (1, 2.4), (2, 2.0)):  # the hand-computed VSE and VSE++ values above
         trainer._epoch = epoch
         assert trainer._loss(IMAGES, TEXTS, torch.arange(3)).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_stage2_starts_on_the_configured_loss_without_warmup() -> None:
+    """The warm-up protects a random model; Stage II starts from the trained Stage I model."""
+    from webvse_model.encoders import JointEmbedding, ModelConfig
+    from webvse_model.train import StageConfig, Trainer, stage2_defaults
+
+    model = JointEmbedding(ModelConfig(image_dim=3, vocab_size=5, embed_dim=3, hidden_dim=3, word_dim=2, gru_hidden=2))
+    stage2 = stage2_defaults(StageConfig(loss="vse++", warmup_epochs=2), epochs=3)
+    trainer = Trainer(model, stage2, "/nonexistent-unused", torch.device("cpu"), log=lambda m: None)
+    trainer._epoch = 0
+    assert trainer._loss(IMAGES, TEXTS, torch.arange(3)).item() == pytest.approx(2.0, abs=1e-6)  # VSE++, not VSE's 2.4

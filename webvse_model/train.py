@@ -104,8 +104,12 @@ class StageConfig:
 
 
 def stage2_defaults(stage1: StageConfig, epochs: int = 10) -> StageConfig:
-    """The paper's Stage II: L_IT only, lr / 10, same loss and batch size."""
-    return replace(stage1, name="stage2", epochs=epochs, lr=stage1.lr / 10, lambda_sentence=0.0, lambda_tag=1.0)
+    """The paper's Stage II: L_IT only, lr / 10, same loss and batch size.
+
+    No warm-up: it guards a *randomly initialised* VSE++ model against collapse; Stage II starts
+    from the trained Stage I model, where epochs on the sum of negatives would just be another loss.
+    """
+    return replace(stage1, name="stage2", epochs=epochs, lr=stage1.lr / 10, lambda_sentence=0.0, lambda_tag=1.0, warmup_epochs=0)
 
 
 @dataclass(frozen=True)
@@ -311,7 +315,10 @@ class Trainer:
             self.log(f"{cfg.name}: removed {orphan.name}, left by an interrupted write")
         if resume and self.store.has("last"):
             start_epoch, best_rsum, best_epoch, history = self._restore()
-            self.log(f"{cfg.name}: resuming at epoch {start_epoch + 1}/{cfg.epochs} (best rsum {best_rsum:.2f})")
+            if start_epoch >= cfg.epochs:
+                self.log(f"{cfg.name}: already trained ({cfg.epochs}/{cfg.epochs} epochs, best rsum {best_rsum:.2f})")
+            else:
+                self.log(f"{cfg.name}: resuming at epoch {start_epoch + 1}/{cfg.epochs} (best rsum {best_rsum:.2f})")
             if self.on_epoch is not None:  # the checkpoint's history is authoritative: replay it
                 for record in history:
                     self.on_epoch(record)

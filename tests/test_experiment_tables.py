@@ -1,0 +1,50 @@
+"""The experiment's summary arithmetic on hand-built grid cells (no training needed)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tasks.experiment import beyond_spread, paired_gains, paper_table, summarise
+
+METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
+
+
+def _cells(rsums: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
+    rows = []
+    for (loss, variant), values in rsums.items():
+        for seed, rsum in enumerate(values):
+            rows.append({"loss": loss, "seed": seed, "variant": variant, "run_dir": "r", "stage": "s", **dict.fromkeys(METRICS, 10.0 + seed), "rsum": rsum})
+    return pd.DataFrame(rows)
+
+
+def test_paired_gains_compare_each_seed_with_its_own_baseline() -> None:
+    # seeds differ a lot, the variant is always exactly +2 better: the spread test cannot tell, the pairs can
+    table = _cells({("vse", "baseline"): [100.0, 120.0, 140.0], ("vse", "stage1"): [102.0, 122.0, 142.0],
+                    ("vse++", "baseline"): [100.0, 100.0, 100.0], ("vse++", "stage1"): [90.0, 120.0, 101.0]})  # fmt: skip
+    gains = paired_gains(table, "stage1")
+    assert gains["vse"].mean == pytest.approx(2.0) and gains["vse"].std == pytest.approx(0.0)
+    assert (gains["vse"].wins, gains["vse"].seeds) == (3, 3)
+    assert gains["vse++"].mean == pytest.approx(11.0 / 3) and (gains["vse++"].wins, gains["vse++"].seeds) == (2, 3)
+    assert gains["vse++"].std == pytest.approx(pd.Series([-10.0, 20.0, 1.0]).std(ddof=1))
+    verdict = beyond_spread(summarise(table), "stage1")
+    assert verdict["vse"].startswith("within the seed spread")  # 2 < 20 + 20
+    assert "higher in 3 of 3 seeds" in gains["vse"].describe()
+
+
+def test_paired_gains_skip_a_variant_the_grid_lacks() -> None:
+    table = _cells({("vse", "baseline"): [100.0, 120.0]})
+    assert paired_gains(table, "stage1") == {}
+
+
+def test_paper_table_has_recall_at_1_5_10_and_medr_both_ways() -> None:
+    summary = summarise(_cells({("vse", "baseline"): [100.0, 110.0]}))
+    header, _, row = paper_table(summary).splitlines()
+    assert header.count("R@5") == 2 and header.count("MedR") == 2
+    assert row.count("±") == 9 and "105.0 ± 7.1" in row
+
+
+def test_paired_gains_against_another_reference_variant() -> None:
+    table = _cells({("vse", "baseline"): [100.0, 100.0], ("vse", "stage1"): [110.0, 120.0], ("vse", "stage2-curriculum"): [109.0, 125.0]})
+    gains = paired_gains(table, "stage2-curriculum", reference="stage1")["vse"]
+    assert gains.mean == pytest.approx(2.0) and (gains.wins, gains.seeds) == (1, 2)
