@@ -26,3 +26,13 @@ TINY = SyntheticSizes(train=600, val=40, test=40, web=400, feature_dim=64, tag_d
 def tiny_precomp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny, well separated synthetic precomp folder (train/dev/test + web pairs)."""
     return generate_synthetic_precomp(tmp_path_factory.mktemp("precomp"), TINY, seed=3)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop Prefect's ephemeral API server now, while pytest's streams are open: left to its
+    atexit hook, its "Stopping temporary server" line is logged into a closed stream and
+    prints a '--- Logging error ---' traceback after the summary."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):  # no public registry of running servers
+        server.stop()
