@@ -188,7 +188,7 @@ def beyond_spread(summary: pd.DataFrame, variant: str, metric: str = "rsum") -> 
 
 @dataclass(frozen=True)
 class PairedGain:
-    """``variant - baseline`` seed by seed: same seed = same data order and same initial weights
+    """``variant - reference`` seed by seed: same seed = same data order and same initial weights
     of the shared branches, so the paired differences cancel what the seed spread cannot."""
 
     mean: float
