@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,3 +37,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     for server in list(SubprocessASGIServer._instances.values()):  # no public registry of running servers
         server.stop()
+    # The private Prefect home (its SQLite database) is this run's alone: leave no trace in /tmp.
+    shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)
