@@ -41,6 +41,14 @@ from webvse_model.metrics import PROTOCOLS
 from webvse_model.train import ConfigError, StageConfig
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type for counts: 0 or less is refused at the prompt, not deep inside a step."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="data root (default $WEBVSE_DATA_ROOT or ./webvse-data)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
@@ -116,10 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     world = sub.add_parser("world", help="generate the offline world: captioned images + a Flickr corpus")
     _add_common(world)
     world.add_argument("--seed", type=int, default=0)
-    world.add_argument("--train", type=int, default=CleanSizes.train)
-    world.add_argument("--val", type=int, default=CleanSizes.val)
-    world.add_argument("--test", type=int, default=CleanSizes.test)
-    world.add_argument("--photos-per-object", type=int, default=WebSizes.photos_per_object)
+    world.add_argument("--train", type=_positive_int, default=CleanSizes.train)
+    world.add_argument("--val", type=_positive_int, default=CleanSizes.val)
+    world.add_argument("--test", type=_positive_int, default=CleanSizes.test)
+    world.add_argument("--photos-per-object", type=_positive_int, default=WebSizes.photos_per_object)
+    world.add_argument(
+        "--owners", type=_positive_int, default=WebSizes.owners,
+        help="distinct uploaders; with at most 5 kept per owner per keyword, this caps how much web data a crawl can keep",
+    )  # fmt: skip
 
     server = sub.add_parser("flickr-server", help="serve a corpus through a Flickr-compatible API on 127.0.0.1")
     server.add_argument("--corpus", required=True, help="corpus folder (photos.parquet + images/), e.g. webvse-data/world/corpus")
@@ -313,7 +325,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 def cmd_world(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
     settings = WorldSettings(
-        CleanSizes(train=args.train, val=args.val, test=args.test), WebSizes(photos_per_object=args.photos_per_object), args.seed
+        CleanSizes(train=args.train, val=args.val, test=args.test), WebSizes(photos_per_object=args.photos_per_object, owners=args.owners),
+        args.seed,
     )
     paths = generate_world(root, settings)
     print(f"captioned dataset: {paths.karpathy_json}" + (" (already generated)" if paths.reused else ""))

@@ -36,6 +36,7 @@ class WorldConfig(Section):
     val: int = Field(250, ge=5)
     test: int = Field(1000, ge=5)
     photos_per_object: int = Field(120, ge=1)
+    owners: int = Field(400, ge=1, description="distinct uploaders; the 5-per-owner rule caps the kept web data by this")
 
 
 class DatasetConfig(Section):

@@ -86,6 +86,26 @@ def test_world_then_flickr_server_command(tmp_path: Path) -> None:
     assert "lab-key-123" not in out + err + banner
 
 
+def test_world_owners_flag_sets_the_uploaders_and_regenerates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--owners reaches the corpus (the 5-per-owner rule makes it the cap on kept web data);
+    a changed value is a different world, never a silently reused one; 0 is refused up front."""
+    from storage.tables import FLICKR_CORPUS, read_table
+
+    def owners_in_corpus(owners: int) -> set[str]:
+        argv = ["world", "--data-root", str(tmp_path), "--train", "10", "--val", "5", "--test", "5"]
+        assert main([*argv, "--photos-per-object", "2", "--owners", str(owners)]) == 0
+        photos = read_table(tmp_path / "world" / "corpus" / "photos.parquet", FLICKR_CORPUS)
+        return {o for o in photos["owner"] if not o.startswith("9")}  # without the keyword-flooding owners
+
+    assert len(owners_in_corpus(3)) <= 3
+    assert len(owners_in_corpus(200)) > 3  # regenerated, not reused: the marker holds the sizes
+    assert "already generated" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        main(["world", "--data-root", str(tmp_path), "--owners", "0"])
+    assert refused.value.code == 2
+    assert "--owners: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_world_keywords_vectors_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import pandas as pd
 
