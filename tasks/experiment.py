@@ -239,9 +239,17 @@ def report_experiment(root: DataRoot, runs: list[GridRun], settings: EvaluateCon
     for variant, per_loss in verdicts.items():
         for loss, paired in paired_gains(table, variant).items():
             per_loss[loss] += f"; {paired.describe()}"
-    stage2_effect = [  # Stage II's own question: does adapting on web pairs improve on the Stage I it started from?
-        f"- {VARIANT_NAMES[v]} against its own Stage I: " + "; ".join(f"{loss.upper()} {g.describe()}" for loss, g in paired_gains(table, v, reference="stage1").items())
-        for v in VARIANTS[2:]
+    # Stage II's own questions: does adapting on web pairs improve on the Stage I it started
+    # from, and does the curriculum (the paper's ablation) beat the same epochs without it?
+    stage2_questions = [
+        ("stage2-nocurriculum", "stage1", f"{VARIANT_NAMES['stage2-nocurriculum']} against its own Stage I"),
+        ("stage2-curriculum", "stage1", f"{VARIANT_NAMES['stage2-curriculum']} against its own Stage I"),
+        ("stage2-curriculum", "stage2-nocurriculum", "Stage II with the curriculum against without it"),
+    ]
+    stage2_effect = [
+        f"- {label}: " + "; ".join(f"{loss.upper()} {g.describe()}" for loss, g in gains.items())
+        for variant, reference, label in stage2_questions
+        if (gains := paired_gains(table, variant, reference=reference))
     ]
     seeds = sorted(table["seed"].unique().tolist())
     markdown = "\n\n".join(

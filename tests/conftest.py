@@ -33,8 +33,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop Prefect's ephemeral API server now, while pytest's streams are open: left to its
     atexit hook, its "Stopping temporary server" line is logged into a closed stream and
     prints a '--- Logging error ---' traceback after the summary."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
+    # Send what the last flow runs still hold in their queues first: drained after the server
+    # stopped, they print "--- Error logging to API --- All connection attempts failed".
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=30)
     for server in list(SubprocessASGIServer._instances.values()):  # no public registry of running servers
         server.stop()
     # The private Prefect home (its SQLite database) is this run's alone: leave no trace in /tmp.

@@ -197,6 +197,9 @@ def test_a_tiny_experiment_grid_reports_real_measurements(first_run) -> None:
         assert all(Path(forks[k], "stage1", "checkpoints.json").read_bytes() == Path(webly[k], "stage1", "checkpoints.json").read_bytes() for k in forks.index)
     markdown = (Path(outcome["folder"]) / "results.md").read_text()
     assert "± " in markdown and "Beyond the seed spread" in markdown
+    for question in ("+ Stage II, curriculum against its own Stage I", "Stage II with the curriculum against without it"):
+        line = next(line for line in markdown.splitlines() if line.startswith(f"- {question}: "))
+        assert "VSE paired by seed rsum" in line and "VSE++ paired by seed rsum" in line and "of 2 seeds" in line
     assert (Path(outcome["folder"]) / "r1.png").read_bytes()[:4] == b"\x89PNG"
 
 
