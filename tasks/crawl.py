@@ -13,7 +13,7 @@ keyword that found it.
 
 **Resumable**: ``web/photos.parquet`` (every decided photo) is the source of truth and
 is rewritten atomically after each page, then ``web/crawl_progress.parquet`` (pages done
-per keyword and date window). A crawl killed anywhere restarts from the last committed
+per keyword and date window; :mod:`tasks.crawl_state`). A crawl killed anywhere restarts from the last committed
 page; decisions replayed from the table keep the owner and first-5-tag rules exact and
 photo ids unique; images are content-addressed, so a re-download lands on the same file,
 and files no row refers to are removed at the end.
@@ -30,13 +30,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import requests
 from prefect.blocks.system import Secret
 from prefect.concurrency.sync import rate_limit
 
 from storage.layout import DataRoot
-from storage.tables import CRAWL_PROGRESS, KEYWORDS, WEB_PHOTOS, TableSchema, read_table, write_table
+from storage.tables import KEYWORDS, read_table
+from tasks.crawl_state import CrawlState
 from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
 from tasks.flickr_client import FLICKR_REST_URL, OFFLINE_KEY, Credentials, FlickrClient, RetryPolicy
 from tasks.orchestration import pipeline_task, root_of, step_logger
@@ -79,48 +79,6 @@ class CrawlConfig:
             raise ValueError(f"crawl.search_field must be 'text' or 'tags', got {self.search_field!r}")
 
 
-def _read_or_empty(path: Path, spec: TableSchema) -> pd.DataFrame:
-    return read_table(path, spec) if path.is_file() else pd.DataFrame(columns=spec.columns)
-
-
-class CrawlState:
-    """Every decision so far, and the counters the filters need, rebuilt from the tables."""
-
-    def __init__(self, root: DataRoot, first_tags: int = 5) -> None:
-        self.root, self.first_tags = root, first_tags
-        self.rows: dict[str, dict[str, Any]] = {}
-        for row in _read_or_empty(root.web_photos, WEB_PHOTOS).to_dict("records"):
-            row["keywords"], row["tags"], row["english_tags"] = (
-                list(row["keywords"]),
-                list(row["tags"]),
-                list(row["english_tags"]),
-            )
-            self.rows[row["photo_id"]] = row
-        self.owner_kept: Counter[str] = Counter()
-        self.first_kept: set[tuple[str, ...]] = set()
-        self.kept_for: Counter[str] = Counter()
-        for row in self.rows.values():  # replay: the filters' counters follow from the decisions
-            if row["status"] in ("kept", "failed_download"):
-                self.count_kept(row)
-        progress = _read_or_empty(root.crawl_progress, CRAWL_PROGRESS)
-        self.progress = {(r["keyword"], int(r["window_start"]), int(r["window_end"])): r for r in progress.to_dict("records")}
-
-    def count_kept(self, row: dict[str, Any]) -> None:
-        self.owner_kept[row["owner"]] += 1
-        self.first_kept.add(tuple(row["tags"][: self.first_tags]))
-        self.kept_for[row["keyword"]] += 1
-
-    def keyword_done(self, keyword: str) -> bool:
-        return bool(self.progress.get((keyword, -1, -1), {}).get("done", False))
-
-    def commit(self, window: tuple[str, int, int], pages_done: int, done: bool, split: bool, api_calls: int) -> None:
-        """Photos first, then progress: a crash between the two only repeats a page."""
-        write_table(self.root.web_photos, pd.DataFrame(list(self.rows.values()), columns=WEB_PHOTOS.columns), WEB_PHOTOS)
-        self.progress[window] = {"keyword": window[0], "window_start": window[1], "window_end": window[2],
-                                 "pages_done": pages_done, "done": done, "split": split, "api_calls": api_calls}  # fmt: skip
-        write_table(self.root.crawl_progress, pd.DataFrame(list(self.progress.values())), CRAWL_PROGRESS)
-
-
 class Crawler:
     def __init__(
         self,
@@ -153,6 +111,7 @@ class Crawler:
         if seen is not None:
             if keyword not in seen["keywords"]:
                 seen["keywords"].append(keyword)
+                state.record(seen)
             return None
         tags = photo.get("tags", "").split()
         english = english_tags(tags, self.vocabulary)
@@ -216,7 +175,7 @@ class Crawler:
             with ThreadPoolExecutor(max(1, cfg.download_workers)) as pool:
                 list(pool.map(self._download, kept))
             for row in new_rows:
-                state.rows[row["photo_id"]] = row
+                state.record(row)
             last = page >= result["pages"] or not result["photo"]
             # a sub-window still over the cap is split after its first page, not paged through
             capped = capped or (not last and (depth > 0 or page * cfg.per_page >= RESULT_CAP) and result["total"] > RESULT_CAP)
