@@ -383,6 +383,10 @@ def cmd_import_flickr8k(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The temporary Prefect server a run starts sends anonymous usage telemetry by default;
+    # webvse runs offline, where that prints an ERROR line in every run. Off unless the user
+    # chose otherwise (read by the server process, which starts later).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     handlers = {
         "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world,
         "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors, "crawl": cmd_crawl,
