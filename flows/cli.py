@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--photos-per-object", type=_positive_int, default=WebSizes.photos_per_object)
     world.add_argument(
         "--owners", type=_positive_int, default=WebSizes.owners,
-        help="distinct uploaders; with at most 5 kept per owner per keyword, this caps how much web data a crawl can keep",
+        help="distinct uploaders; with at most 5 photos kept per owner across the crawl, this caps how much web data it can keep",
     )  # fmt: skip
 
     server = sub.add_parser("flickr-server", help="serve a corpus through a Flickr-compatible API on 127.0.0.1")
