@@ -17,28 +17,28 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from prefect import tags
 
-from storage.checkpoints import CheckpointError
+from storage.errors import InputError, MissingInputError, WebvseError
 from storage.layout import DataRoot
-from storage.tables import TableError
 from tasks.clean_data import ingest_karpathy
 from tasks.crawl import CrawlConfig, crawl_local, run_crawl
 from tasks.evaluation import REPORT_DIR, evaluate_run, format_table, latest_runs
 from tasks.features import FeatureSettings, compute_features, images_to_encode
-from tasks.flickr_client import FLICKR_REST_URL, BadApiKey, FlickrUnavailable
+from tasks.flickr_client import FLICKR_REST_URL
 from tasks.keywords import run_keywords
-from tasks.orchestration import TASK_RUNNER_ENV
+from tasks.orchestration import TASK_RUNNER_ENV, brief_known_errors, shield_temporary_server_from_ctrl_c
 from tasks.pipeline_config import STEPS, PipelineConfig, config_from_dict, demo_config, load_config, merge_dotted
 from tasks.search import search_images
-from tasks.text_backends import BACKENDS, DEFAULT_SPACY_MODEL, BackendUnavailable, load_backend
+from tasks.text_backends import BACKENDS, DEFAULT_SPACY_MODEL, load_backend
 from tasks.training import RunSettings, default_stage2, train_run
 from tasks.training_data import DataSource
 from tasks.word_vectors import run_vectors
-from tasks.world import CleanSizes, CorpusError, Faults, WebSizes, WorldSettings, generate_world, serve_corpus
-from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS, EncoderUnavailable
+from tasks.world import CleanSizes, Faults, WebSizes, WorldSettings, generate_world, serve_corpus
+from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
 from webvse_model.datasets.flickr8k import flickr8k_to_karpathy
 from webvse_model.metrics import PROTOCOLS
-from webvse_model.train import ConfigError, StageConfig
+from webvse_model.train import StageConfig
 
 
 def _positive_int(text: str) -> int:
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the Prefect flow `webvse` (all steps or --steps) with a YAML config")
     _add_common(run)
-    run.add_argument("--config", default=None, help="YAML file of the pipeline configuration (see webvse.example.yaml)")
+    run.add_argument("--config", default=None, help="YAML file of the pipeline configuration (examples in configs/)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. train.epochs=5")
     run.add_argument("--steps", nargs="+", choices=STEPS, default=None, help="run only these steps")
     run.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="re-run these (and what depends on them)")
@@ -211,13 +211,22 @@ def _settings(args: argparse.Namespace) -> RunSettings:
 
 
 def _resolve_run(root: DataRoot, run: str | None) -> Path:
+    """A run folder: the latest, a folder path, or a run id under the data root's ``runs/``."""
     if run is None:
         latest = root.latest_run()
         if latest is None:
-            raise FileNotFoundError(f"no runs under {root.runs_dir}; train one first (webvse train)")
+            raise MissingInputError(f"no runs under {root.runs_dir}; train one first (webvse run, or webvse train)")
         return latest
     candidate = Path(run)
-    return candidate if candidate.is_dir() else root.run_dir(run)
+    if candidate.is_dir():
+        return candidate
+    if os.sep in run or run in {".", ".."}:
+        raise MissingInputError(f"no run folder {run}")
+    folder = root.run_dir(run)
+    if not folder.is_dir():
+        known = sorted(p.name for p in root.runs_dir.glob("*/config.json")) if root.runs_dir.is_dir() else []
+        raise MissingInputError(f"no run {run!r} under {root.runs_dir}" + (f"; runs there: {', '.join(known)}" if known else ""))
+    return folder
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -241,14 +250,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"written: {run / 'evaluation.parquet'}")
 
 
-def _run_flow(config: PipelineConfig, steps: list[str] | None, refresh: list[str], task_runner: str | None = None) -> dict[str, Any]:
+def run_tags(config: PipelineConfig, config_name: str) -> list[str]:
+    """Flow run tags: which data root and which configuration (file name, or demo/defaults)."""
+    return [f"data-root:{config.root.root}", f"config:{config_name}"]
+
+
+def _run_flow(
+    config: PipelineConfig, steps: list[str] | None, refresh: list[str], task_runner: str | None = None, config_name: str = "defaults"
+) -> dict[str, Any]:
     if task_runner:
         os.environ[TASK_RUNNER_ENV] = task_runner  # read when flows.pipeline is imported (the flow's runner)
     from flows.pipeline import webvse  # Prefect starts its ephemeral API on first use: only when a flow runs
 
+    brief_known_errors()
+    shield_temporary_server_from_ctrl_c()
+
     print(f"task runner: {type(webvse.task_runner).__name__}", flush=True)
     started = time.perf_counter()
-    outcome = webvse(config=config, steps=steps, refresh=refresh)
+    with tags(*run_tags(config, config_name)):  # the UI tells runs of different roots and configs apart
+        outcome = webvse(config=config, steps=steps, refresh=refresh)
     outcome["seconds"] = time.perf_counter() - started
     return outcome
 
@@ -269,7 +289,7 @@ def _print_outcome(config: PipelineConfig, outcome: dict[str, Any]) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     """The offline world -> local Flickr server -> the whole flow -> VSE++ baseline vs Stage I vs Stage II."""
     config = demo_config(str(DataRoot.resolve(args.data_root).root)).model_copy(update={"device": args.device})
-    _print_outcome(config, _run_flow(config, None, args.refresh))
+    _print_outcome(config, _run_flow(config, None, args.refresh, config_name="demo"))
 
 
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -277,14 +297,15 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set wants KEY=VALUE (e.g. train.epochs=5), got {pair!r}")
+            raise InputError(f"--set wants KEY=VALUE (e.g. train.epochs=5), got {pair!r}")
         values[key] = yaml.safe_load(raw)
     return values
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     config = _config_from_args(args)
-    _print_outcome(config, _run_flow(config, args.steps, args.refresh, args.task_runner))
+    name = Path(args.config).name if args.config else "defaults"
+    _print_outcome(config, _run_flow(config, args.steps, args.refresh, args.task_runner, name))
 
 
 def _config_from_args(args: argparse.Namespace, base: PipelineConfig | None = None) -> PipelineConfig:
@@ -306,8 +327,12 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     config = _config_from_args(args, base=demo_config())
     from flows.experiment import experiment
 
+    brief_known_errors()
+    shield_temporary_server_from_ctrl_c()
+
     started = time.perf_counter()
-    outcome = experiment(config=config, refresh=args.refresh)
+    with tags(*run_tags(config, Path(args.config).name if args.config else "demo")):
+        outcome = experiment(config=config, refresh=args.refresh)
     print((Path(outcome["folder"]) / "results.md").read_text(encoding="utf-8"))
     print(f"\nexperiment folder: {outcome['folder']}  ({time.perf_counter() - started:.0f}s)")
 
@@ -345,7 +370,7 @@ def cmd_keywords(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
     karpathy = Path(args.karpathy) if args.karpathy else root.world_clean_dir / "dataset_world.json"
     if not karpathy.is_file():
-        raise FileNotFoundError(f"{karpathy} does not exist: generate the offline world (webvse world) or pass --karpathy")
+        raise MissingInputError(f"{karpathy} does not exist: generate the offline world (webvse world) or pass --karpathy")
     print(f"clean data: {ingest_karpathy(root, karpathy, args.image_root)} images from {karpathy}")
     counts = run_keywords(root, load_backend(args.backend, args.spacy_model, args.processes), args.top_n)
     print(f"{counts['keywords']} keywords -> {root.keywords}; dummy tags -> {root.clean_captions}")
@@ -395,11 +420,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     }  # fmt: skip
     try:
         handlers[args.command](args)
-    except (ConfigError, CheckpointError, TableError, CorpusError, BackendUnavailable, BadApiKey, FlickrUnavailable, EncoderUnavailable, ValueError, OSError) as exc:
+    except WebvseError as exc:  # a known, explained failure: one line; anything else is a bug and keeps its traceback
         print(f"webvse: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("webvse: interrupted; the same command resumes where it stopped", file=sys.stderr)
+        return 130
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

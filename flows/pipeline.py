@@ -45,7 +45,7 @@ def task_runner_from_environment() -> TaskRunner[Any]:
 
 def prepare_data(config: PipelineConfig, plan: StepPlan) -> DataSource:
     """world -> keywords -> crawl -> features -> vectors (those the plan selects); the training source."""
-    root = config.root
+    root = config.root.ensure_writable()
     data_root = str(root.root)
     if plan.runs("world") and config.uses_world:
         configured(world_step, "world", root, plan, config.retries)(data_root, config.world)
@@ -62,7 +62,8 @@ def prepare_data(config: PipelineConfig, plan: StepPlan) -> DataSource:
     if plan.runs("vectors"):
         configured(vectors_step, "vectors", root, plan, config.retries)(data_root, config.vectors)
     feature_model = encoder_spec(config.features.encoder).encoder_id
-    return DataSource(data_root, "parquet", config.dataset.captions_per_image, val_split="val", feature_model=feature_model)
+    skip = config.features.on_bad_image == "skip"
+    return DataSource(data_root, "parquet", config.dataset.captions_per_image, val_split="val", feature_model=feature_model, skip_unreadable=skip)
 
 
 @flow(name="webvse", task_runner=task_runner_from_environment(), log_prints=True)

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.errors import WebvseError
 
 T = TypeVar("T")
 MANIFEST_NAME = "checkpoints.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(WebvseError, RuntimeError):
     """A checkpoint is missing, corrupt or unreadable; the message names the file."""
 
 

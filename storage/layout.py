@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from storage.errors import InputError
 
 DEFAULT_DATA_ROOT = "webvse-data"
 DATA_ROOT_ENV = "WEBVSE_DATA_ROOT"
@@ -20,7 +23,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 def _checked_name(kind: str, name: str) -> str:
     """Refuse names that could escape the data root (``..``, slashes, empties)."""
     if not _SAFE_NAME.match(name) or name in {".", ".."}:
-        raise ValueError(f"{kind} {name!r} is not a safe folder name (letters, digits, '.', '_', '-')")
+        raise InputError(f"{kind} {name!r} is not a safe folder name (letters, digits, '.', '_', '-')")
     return name
 
 
@@ -35,6 +38,22 @@ class DataRoot:
         """``root`` if given, else ``$WEBVSE_DATA_ROOT``, else ``./webvse-data``."""
         chosen = root if root is not None else os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)
         return cls(Path(chosen).expanduser().absolute())
+
+    def ensure_writable(self) -> DataRoot:
+        """Create the folder if needed and prove a file can be written there.
+
+        Checked once before any step, so a read-only or misplaced root is one clear error
+        instead of a step failing halfway (and being retried for nothing).
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-probe-"):
+                pass
+        except OSError as exc:
+            raise InputError(
+                f"data root {self.root} is not a writable folder ({exc.strerror or exc}); choose another with --data-root or ${DATA_ROOT_ENV}"
+            ) from None
+        return self
 
     # clean dataset -----------------------------------------------------------------
     @property
@@ -73,7 +92,7 @@ class DataRoot:
     def web_image(self, sha256: str) -> Path:
         """Content-addressed location of a downloaded photo."""
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+            raise InputError(f"not a sha256 hex digest: {sha256!r}")
         return self.web_images_dir / sha256[:2] / f"{sha256}.jpg"
 
     # the generated offline world ---------------------------------------------------
@@ -94,6 +113,10 @@ class DataRoot:
     # features, vectors, runs -------------------------------------------------------
     def features_dir(self, model_id: str) -> Path:
         return self.root / "features" / _checked_name("model id", model_id)
+
+    def feature_failures(self, model_id: str) -> Path:
+        """Images the encoder could not decode, with the reason (``storage.tables.FEATURE_FAILURES``)."""
+        return self.features_dir(model_id) / "failures.parquet"
 
     @property
     def vectors_dir(self) -> Path:

@@ -24,9 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.atomic import atomic_write, atomic_write_bytes
+from storage.errors import InputError
 
 
-class TableError(ValueError):
+class TableError(InputError):
     """A table file is missing, unreadable or does not match its schema."""
 
 
@@ -63,6 +64,9 @@ KEYWORDS = TableSchema(
     "keywords",
     pa.schema([("keyword", pa.string()), ("count", pa.int64()), ("rank", pa.int32()), ("variants", pa.list_(pa.string()))]),
 )
+FEATURE_FAILURES = TableSchema(  # features/<encoder id>/failures.parquet: images that could not be decoded
+    "features/failures", pa.schema([("sha256", pa.string()), ("path", pa.string()), ("reason", pa.string())])
+)
 RUN_METRICS = TableSchema(
     "runs/metrics",
     pa.schema(
@@ -91,7 +95,7 @@ RUN_METRICS = TableSchema(
 def feature_schema(dim: int) -> TableSchema:
     """Feature shards: one row per image content hash, a fixed-size float32 vector."""
     if dim <= 0:
-        raise ValueError(f"feature dimension must be positive, got {dim}")
+        raise InputError(f"feature dimension must be positive, got {dim}")
     return TableSchema(
         f"features[{dim}]",
         pa.schema([("sha256", pa.string()), ("feature", pa.list_(pa.float32(), dim))]),

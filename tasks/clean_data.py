@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from storage.checkpoints import sha256_file
+from storage.errors import MissingInputError
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, write_table
 from webvse_model.datasets.karpathy import read_karpathy
@@ -22,7 +23,7 @@ def ingest_karpathy(root: DataRoot, json_path: str | Path, image_root: str | Pat
     dataset = read_karpathy(json_path, image_root)
     missing = [r.path for r in dataset.images if not r.path.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} images of {json_path} are missing (first: {missing[0]})")
+        raise MissingInputError(f"{len(missing)} images of {json_path} are missing (first: {missing[0]})")
     images = pd.DataFrame(
         {
             "image_id": [r.image_id for r in dataset.images],

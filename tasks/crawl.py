@@ -34,6 +34,7 @@ import requests
 from prefect.blocks.system import Secret
 from prefect.concurrency.sync import rate_limit
 
+from storage.errors import InputError
 from storage.layout import DataRoot
 from storage.tables import KEYWORDS, read_table
 from tasks.crawl_state import CrawlState
@@ -72,11 +73,11 @@ class CrawlConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.per_page <= 500:
-            raise ValueError(f"crawl.per_page must be in 1..500, got {self.per_page}")
+            raise InputError(f"crawl.per_page must be in 1..500, got {self.per_page}")
         if self.per_keyword < 1 or self.max_per_owner < 1 or self.min_english_tags < 0:
-            raise ValueError("crawl.per_keyword and crawl.max_per_owner must be >= 1, crawl.min_english_tags >= 0")
+            raise InputError("crawl.per_keyword and crawl.max_per_owner must be >= 1, crawl.min_english_tags >= 0")
         if self.search_field not in ("text", "tags"):
-            raise ValueError(f"crawl.search_field must be 'text' or 'tags', got {self.search_field!r}")
+            raise InputError(f"crawl.search_field must be 'text' or 'tags', got {self.search_field!r}")
 
 
 class Crawler:

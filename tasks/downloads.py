@@ -20,6 +20,7 @@ import requests
 from PIL import Image
 
 from storage.atomic import atomic_write_bytes
+from storage.errors import InputError
 from storage.layout import DataRoot
 
 DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = ("live.staticflickr.com", "*.staticflickr.com", "127.0.0.1", "localhost")
@@ -43,7 +44,7 @@ class Downloaded:
     height: int
 
 
-class DownloadRefused(ValueError):
+class DownloadRefused(InputError):
     """The URL is not allowed, or the body is too large or not an image."""
 
 

@@ -7,7 +7,10 @@ so Stage I and Stage II sit side by side; the table is written to
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +24,14 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 from storage.atomic import atomic_write_text
 from storage.checkpoints import CheckpointStore
+from storage.errors import MissingInputError
 from storage.layout import DataRoot
 from storage.tables import CLEAN_IMAGES, RUN_EVALUATION, RUN_METRICS, read_table, write_table
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import EvaluateConfig
-from tasks.report import RankedQueries, plot_recall_curves, plot_training, retrieval_examples
+from tasks.report import RankedQueries, artifact_table, plot_recall_curves, plot_training, retrieval_examples
 from tasks.training import METRICS_FILE, VOCAB_FILE, read_run_config
-from tasks.training_data import DataSource, load_split, read_split
+from tasks.training_data import DataSource, load_split, read_split, unreadable_images
 from webvse_model.data import CaptionedImages
 from webvse_model.inference import embed_split
 from webvse_model.metrics import retrieval_ranks, run_protocol
@@ -69,7 +73,7 @@ def embedded_stages(run_dir: str | Path, split: str | None = None, device: str =
             images, captions = embed_split(load_model(store, "best", dev), data, dev)
             yield EmbeddedSplit(stage, images, captions, data, source.captions_per_image)
     if not found:
-        raise FileNotFoundError(f"{run} has no trained stage (no stage1/ or stage2/ best checkpoint)")
+        raise MissingInputError(f"{run} has no trained stage (no stage1/ or stage2/ best checkpoint)")
 
 
 def evaluate_run(
@@ -116,8 +120,10 @@ def image_names(source: DataSource, split: str) -> list[str]:
     """The split's image files in evaluation order (numbers for a precomp folder, which has none)."""
     if source.kind == "precomp":
         return []
-    images = read_table(DataRoot.resolve(source.path).clean_images, CLEAN_IMAGES)
-    return images.loc[images["split"] == split, "path"].tolist()
+    root = DataRoot.resolve(source.path)
+    images = read_table(root.clean_images, CLEAN_IMAGES)
+    kept = (images["split"] == split) & ~images["sha256"].isin(unreadable_images(root, source.feature_model))
+    return images.loc[kept, "path"].tolist()  # as the split was loaded: unreadable images left out
 
 
 def _history(run: Path) -> pd.DataFrame:
@@ -171,9 +177,11 @@ def report_runs(
     queries = _example_queries(settings.examples, len(final.captions))
     scores = (final.captions[queries] @ final.images.T).numpy() if queries else np.zeros((0, len(final.images)))
     texts = read_split(source, split).captions
+    files = [str(DataRoot.resolve(source.path).root / n) for n in image_names(source, split)] if source.kind == "parquet" else []
     examples = retrieval_examples(
-        [texts[q] for q in queries], final.data.caption_image[queries], scores, [Path(n).name for n in names], range(len(queries))
-    )
+        [texts[q] for q in queries], final.data.caption_image[queries], scores, [Path(n).name for n in names], range(len(queries)),
+        image_files=files if len(files) == len(final.images) else (),
+    )  # fmt: skip
     markdown = (
         f"# webvse results ({split} split, protocol {settings.protocol})\n\n```\n{format_table(table, 'variant')}\n```\n\n"
         f"Runs: " + ", ".join(f"`{label}` = `{run}`" for label, run in runs.items()) + "\n\n"
@@ -186,13 +194,27 @@ def report_runs(
 
 
 def latest_runs(root: DataRoot) -> dict[str, str]:
-    """The runs the last evaluation compared, else the newest run folder."""
+    """The runs the last evaluation compared, else the newest run folder (absolute paths)."""
     if root.latest_runs_file.is_file():
-        return dict(json.loads(root.latest_runs_file.read_text(encoding="utf-8")))
+        recorded = json.loads(root.latest_runs_file.read_text(encoding="utf-8"))
+        return {label: os.path.normpath(root.runs_dir / run) for label, run in recorded.items()}  # relative: this root's runs
     latest = root.latest_run()
     if latest is None:
-        raise FileNotFoundError(f"no runs under {root.runs_dir}: train first (steps stage1, stage2)")
+        raise MissingInputError(f"no runs under {root.runs_dir}: train first (steps stage1, stage2)")
     return {"latest": str(latest)}
+
+
+def record_latest_runs(root: DataRoot, runs: dict[str, str]) -> None:
+    """``runs/latest.json``, relative to ``runs/`` where the runs are this root's (a copied root stays whole)."""
+    relative = {label: os.path.relpath(run, root.runs_dir) if Path(run).absolute().is_relative_to(root.runs_dir) else run for label, run in runs.items()}
+    atomic_write_text(root.latest_runs_file, json.dumps(relative, indent=2))
+
+
+def artifact_suffix(root: DataRoot) -> str:
+    """Artifact keys per data root (``<folder name>-<hash of its path>``): the results of two
+    roots never overwrite each other's history in the UI."""
+    name = re.sub(r"[^a-z0-9]+", "-", root.root.name.lower()).strip("-") or "root"
+    return f"{name[:40]}-{hashlib.sha256(str(root.root).encode()).hexdigest()[:6]}"
 
 
 def _evaluation_reads(inputs: dict[str, Any]) -> list[Path]:
@@ -213,12 +235,16 @@ def evaluate_step(root: str, runs: dict[str, str] | None, settings: EvaluateConf
     """Evaluate the given runs (default: the last compared ones), publish table + examples as artifacts."""
     data_root = DataRoot.resolve(root)
     chosen = runs or latest_runs(data_root)
-    atomic_write_text(data_root.latest_runs_file, json.dumps(chosen, indent=2))
+    record_latest_runs(data_root, chosen)
     report = report_runs(data_root, chosen, settings, device, step_logger())
     records = report.table.to_dict("records")
     if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
+        where = artifact_suffix(data_root)
         create_table_artifact(
-            records, key="webvse-results", description=f"R@K, median and mean rank per model ({settings.protocol})"
+            artifact_table(report.table), key=f"webvse-results-{where}",
+            description=f"R@K (%), median and mean rank per model ({settings.protocol}); data root {data_root.root}",
+        )  # fmt: skip
+        create_markdown_artifact(
+            report.markdown, key=f"webvse-retrieval-examples-{where}", description=f"results and retrieval examples; data root {data_root.root}"
         )
-        create_markdown_artifact(report.markdown, key="webvse-retrieval-examples", description="results and retrieval examples")
     return records

@@ -29,7 +29,7 @@ from prefect.context import TaskRunContext
 from storage.atomic import atomic_write_text
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, KEYWORDS, read_table
-from tasks.evaluation import embedded_stages, run_source
+from tasks.evaluation import artifact_suffix, embedded_stages, run_source
 from tasks.keywords import image_dummy_tags
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import EvaluateConfig, TrainConfig
@@ -285,6 +285,10 @@ def experiment_report_step(root: str, runs: list[dict[str, Any]], settings: Eval
     report = report_experiment(DataRoot.resolve(root), [GridRun(**r) for r in runs], settings, karpathy, device, step_logger())
     records = report.summary.drop(columns=[c for c in report.summary.columns if c.endswith("_std") and "r5" in c]).to_dict("records")
     if TaskRunContext.get() is not None:
-        create_table_artifact(records, key="webvse-experiment", description="mean ± std over seeds per (loss, variant)")
-        create_markdown_artifact(report.markdown, key="webvse-experiment-report", description="the experiment in the paper's layout")
+        where = artifact_suffix(DataRoot.resolve(root))
+        create_table_artifact(
+            [{"model": r["label"], **{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k != "label"}} for r in records],
+            key=f"webvse-experiment-{where}", description=f"mean ± std over seeds per (loss, variant); data root {root}",
+        )  # fmt: skip
+        create_markdown_artifact(report.markdown, key=f"webvse-experiment-report-{where}", description="the experiment in the paper's layout")
     return records

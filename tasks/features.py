@@ -24,18 +24,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Dataset
 
+from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from storage.tables import (
     CLEAN_IMAGES,
+    FEATURE_FAILURES,
     WEB_PHOTOS,
-    TableSchema,
     append_rows,
     append_shard,
     feature_schema,
@@ -47,7 +47,6 @@ from tasks.pipeline_config import FeaturesConfig
 from webvse_model.cnn import DEFAULT_ENCODER, build_encoder, encoder_spec
 from webvse_model.train import pick_device
 
-FAILURES = TableSchema("features/failures", pa.schema([("sha256", pa.string()), ("path", pa.string()), ("reason", pa.string())]))
 MAX_PIXELS = 60_000_000
 
 
@@ -55,13 +54,13 @@ def load_rgb(path: str | Path) -> Image.Image:
     """Open any image as RGB; raises ValueError with a short reason when it cannot."""
     source = Path(path)
     if not source.is_file():
-        raise ValueError("missing file")
+        raise InputError("missing file")
     if source.stat().st_size == 0:
-        raise ValueError("zero bytes")
+        raise InputError("zero bytes")
     try:
         with Image.open(source) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise ValueError(f"{image.width}x{image.height} exceeds the pixel guard")
+                raise InputError(f"{image.width}x{image.height} exceeds the pixel guard")
             image.load()
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 rgba = image.convert("RGBA")
@@ -72,9 +71,9 @@ def load_rgb(path: str | Path) -> Image.Image:
     except ValueError:
         raise
     except Image.DecompressionBombError:
-        raise ValueError("decompression bomb") from None
+        raise InputError("decompression bomb") from None
     except (OSError, SyntaxError) as exc:
-        raise ValueError(f"not a decodable image ({type(exc).__name__})") from None
+        raise InputError(f"not a decodable image ({type(exc).__name__})") from None
 
 
 class ImageFiles(Dataset):
@@ -105,8 +104,9 @@ class FeatureSettings:
     weights_path: str | None = None
     batch_size: int = 64
     workers: int = 2
-    shard_rows: int = 2048
+    shard_rows: int = 512  # a shard is committed every ~512 images: an interrupted pass loses at most that much work
     device: str = "auto"
+    on_bad_image: str = "skip"  # "fail": stop with the list of unreadable images instead of training without them
 
 
 def images_to_encode(root: DataRoot, which: str = "all") -> pd.DataFrame:
@@ -119,8 +119,24 @@ def images_to_encode(root: DataRoot, which: str = "all") -> pd.DataFrame:
         web = web[(web["status"] == "kept") & (web["sha256"] != "")]
         frames.append(pd.DataFrame({"sha256": web["sha256"], "path": [str(root.root / p) for p in web["path"]]}))
     if not frames:
-        raise FileNotFoundError(f"no images to encode under {root.root}: run the keywords (clean data) and crawl steps first")
+        raise MissingInputError(f"no images to encode under {root.root}: run the keywords (clean data) and crawl steps first")
     return pd.concat(frames, ignore_index=True).drop_duplicates("sha256")
+
+
+def report_unreadable(images: pd.DataFrame, failures_path: Path, on_bad_image: str, log: Callable[[str], None]) -> None:
+    """Say which of ``images`` could not be decoded (by count and file); raise when asked to fail."""
+    if not failures_path.is_file():
+        return
+    failures = read_table(failures_path, FEATURE_FAILURES)
+    bad = failures[failures["sha256"].isin(images["sha256"])].drop_duplicates("sha256")
+    if bad.empty:
+        return
+    listed = "; ".join(f"{path} ({reason})" for path, reason in zip(bad["path"].head(5), bad["reason"].head(5)))
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    message = f"{len(bad)} image(s) could not be read: {listed}{more} (all in {failures_path})"
+    if on_bad_image == "fail":
+        raise InputError(f"{message}; replace or remove them, or set features.on_bad_image: skip to train on the rest")
+    log(f"features: WARNING {message}; they are left out of training and evaluation (features.on_bad_image: fail stops instead)")
 
 
 def compute_features(
@@ -133,12 +149,13 @@ def compute_features(
     for orphan in folder.glob(".*.tmp") if folder.is_dir() else ():  # a shard write cut short by a kill
         orphan.unlink(missing_ok=True)
     done = set(read_shards(folder, schema).column("sha256").to_pylist())
-    failures_path = folder / "failures.parquet"
-    failed = set(read_table(failures_path, FAILURES)["sha256"]) if failures_path.is_file() else set()
+    failures_path = root.feature_failures(spec.encoder_id)
+    failed = set(read_table(failures_path, FEATURE_FAILURES)["sha256"]) if failures_path.is_file() else set()
     todo = images[~images["sha256"].isin(done | failed)].drop_duplicates("sha256").reset_index(drop=True)
     counts = {"images": len(images), "cached": len(images) - len(todo), "computed": 0, "failed": 0}
     if todo.empty:
         log(f"features: all {len(images)} images already encoded with {spec.encoder_id}")
+        report_unreadable(images, failures_path, settings.on_bad_image, log)
         return {**counts, "encoder_id": spec.encoder_id, "seconds": 0.0, "images_per_second": 0.0}
     device = pick_device(settings.device)
     net = net.to(device)
@@ -171,7 +188,7 @@ def compute_features(
         for batch_number, (indices, batch, bad) in enumerate(loader):
             if bad:
                 rows = pd.DataFrame([{"sha256": todo["sha256"][i], "path": todo["path"][i], "reason": r} for i, r in bad])
-                append_rows(failures_path, rows, FAILURES)
+                append_rows(failures_path, rows, FEATURE_FAILURES)
                 counts["failed"] += len(bad)
             if batch is None:
                 continue
@@ -193,6 +210,7 @@ def compute_features(
     log(
         f"features: {counts['computed']} computed, {counts['cached']} cached, {counts['failed']} failed in {seconds:.1f}s ({rate:.1f} img/s)"
     )
+    report_unreadable(images, failures_path, settings.on_bad_image, log)
     return {**counts, "encoder_id": spec.encoder_id, "seconds": seconds, "images_per_second": rate}
 
 
@@ -206,7 +224,9 @@ def compute_features(
 def features_step(root: str, settings: FeaturesConfig, device: str = "auto") -> dict[str, Any]:
     """CNN features of the clean images and the kept web photos; returns counts and the encoder id."""
     data_root = DataRoot.resolve(root)
-    options = FeatureSettings(settings.encoder, settings.weights_path, settings.batch_size, settings.workers, device=device)
+    options = FeatureSettings(
+        settings.encoder, settings.weights_path, settings.batch_size, settings.workers, device=device, on_bad_image=settings.on_bad_image
+    )
     return compute_features(data_root, images_to_encode(data_root, "all"), options, step_logger())
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import flickrapi
 import requests
 
+from storage.errors import InputError, TransientError, WebvseError
 from webvse_world.flickr_server import DEFAULT_KEY
 
 FLICKR_REST_URL = "https://api.flickr.com/services/rest/"
@@ -37,11 +38,11 @@ KEY_ENV, SECRET_ENV = "FLICKR_API_KEY", "FLICKR_API_SECRET"
 OFFLINE_KEY = DEFAULT_KEY  # the local server's key: public, not a secret
 
 
-class BadApiKey(RuntimeError):
+class BadApiKey(WebvseError, RuntimeError):
     """Flickr refused the key (code 100): retrying cannot help."""
 
 
-class FlickrUnavailable(RuntimeError):
+class FlickrUnavailable(TransientError, RuntimeError):
     """A call kept failing after every retry."""
 
 
@@ -84,7 +85,7 @@ class HourlyRateLimit:
         clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         if calls_per_hour < 1:
-            raise ValueError(f"flickr.calls_per_hour must be >= 1, got {calls_per_hour}")
+            raise InputError(f"flickr.calls_per_hour must be >= 1, got {calls_per_hour}")
         self.calls_per_hour, self.state_file, self.sleep, self.clock = calls_per_hour, state_file, sleep, clock
         with self._lock:
             self.window = self._buckets.setdefault((key_id, calls_per_hour), collections.deque())

@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, KEYWORDS, read_table, write_table
 from tasks.clean_data import ingest_karpathy
@@ -110,7 +111,7 @@ def analyse_captions(captions: Sequence[str], backend: PosLemmaBackend) -> Capti
 def keyword_table(words: Iterable[Sequence[tuple[str, str]]], top_n: int = 1000) -> pd.DataFrame:
     """``keyword, count, rank, variants`` of the ``top_n`` most frequent keywords (ties: alphabetical)."""
     if top_n < 1:
-        raise ValueError(f"keywords.top_n must be >= 1, got {top_n}")
+        raise InputError(f"keywords.top_n must be >= 1, got {top_n}")
     counts: Counter[str] = Counter()
     surfaces: dict[str, Counter[str]] = defaultdict(Counter)
     for caption in words:
@@ -167,7 +168,7 @@ def keywords_step(root: str, karpathy: str, image_root: str | None, settings: Ke
     """Clean tables from the split file, then keywords and dummy tags; returns the counts."""
     data_root = DataRoot.resolve(root)
     if not Path(karpathy).is_file():
-        raise FileNotFoundError(f"{karpathy} does not exist: generate the offline world or set dataset.karpathy")
+        raise MissingInputError(f"{karpathy} does not exist: generate the offline world or set dataset.karpathy")
     log = step_logger()
     images = ingest_karpathy(data_root, karpathy, image_root)
     log(f"keywords: clean data {images} from {karpathy}")

@@ -19,10 +19,13 @@ live under ``<data root>/cache/prefect``, next to the data they describe.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
 import logging
+import signal
+import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -31,11 +34,15 @@ from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
+from prefect.states import State
 from prefect.tasks import exponential_backoff
 
+from storage.atomic import atomic_write_text
+from storage.errors import InputError, WebvseError, is_transient
 from storage.fingerprint import fingerprint
 from storage.layout import DataRoot
 from tasks.pipeline_config import STEPS, RetryConfig, Step
@@ -103,17 +110,62 @@ def step_cache(modules: tuple[str, ...], reads: PathsOf | None = None) -> CacheP
 OUTPUTS: dict[str, PathsOf] = {}
 
 
-def pipeline_task(
-    name: str, modules: tuple[str, ...], reads: PathsOf | None = None, writes: PathsOf | None = None
-) -> Callable[[Callable[P, R]], Task[P, R]]:
-    """``@task`` with the step's cache policy; ``writes`` names its outputs, whose absence forces a re-run."""
+@dataclass(frozen=True)
+class StepResult:
+    """What a step's cache record holds: the step's return value and the fingerprint of the
+    outputs it wrote, so a cache hit can be checked against the files as they are now."""
 
-    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+    value: Any
+    outputs: str | None
+
+
+def pipeline_task(
+    name: str, modules: tuple[str, ...], reads: PathsOf | None = None, writes: PathsOf | None = None, run_name: str | None = None
+) -> Callable[[Callable[P, R]], Task[P, StepResult]]:
+    """``@task`` with the step's cache policy, retried only on transient errors (see
+    :func:`storage.errors.is_transient`); ``writes`` names its outputs, which are
+    fingerprinted into the cache record (see :class:`StepCall`); ``run_name`` is the task
+    run's name, formatted with its parameters (``"stage1-{label}"``: which variant it is)."""
+
+    def decorate(fn: Callable[P, R]) -> Task[P, StepResult]:
         if writes is not None:
             OUTPUTS[name] = writes
-        return task(name=name, cache_policy=step_cache(modules, reads))(fn)
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def recorded(*args: P.args, **kwargs: P.kwargs) -> StepResult:
+            value = fn(*args, **kwargs)
+            return StepResult(value, _outputs_fingerprint(name, signature, args, kwargs))
+
+        policy = step_cache(modules, reads)
+        return task(name=name, task_run_name=run_name, cache_policy=policy, retry_condition_fn=retry_if_transient)(recorded)
 
     return decorate
+
+
+def _outputs_fingerprint(name: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Fingerprint the outputs a step run just wrote, and note it as the step's last write there."""
+    writes = OUTPUTS.get(name)
+    if writes is None:
+        return None
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    paths = list(writes(dict(bound.arguments)))
+    written = fingerprint(paths)
+    atomic_write_text(_last_write_record(name, root_of(bound.arguments), paths), written)
+    return written
+
+
+def _last_write_record(name: str, root: DataRoot, paths: Iterable[Path]) -> Path:
+    """Where the fingerprint of the last outputs step ``name`` wrote to ``paths`` is kept."""
+    where = hashlib.sha256("\0".join(str(p) for p in paths).encode()).hexdigest()[:16]
+    return root.cache_dir / "outputs" / f"{name}-{where}.txt"
+
+
+def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect's retry condition: a bad input or a bug fails at once, without the retry delay."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not isinstance(exc, BaseException) or is_transient(exc)
 
 
 def root_of(inputs: dict[str, Any]) -> DataRoot:
@@ -127,6 +179,52 @@ def step_logger() -> Callable[[str], None]:
     except MissingContextError:
         logger = logging.getLogger("webvse")
         return logger.info
+
+
+class _KnownErrorsBrief(logging.Filter):
+    """Drops the traceback from Prefect's log records of a known :class:`WebvseError`: its
+    message already says what is wrong and what to do; 60 lines of engine frames do not.
+    Bugs (any other exception) keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], WebvseError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def brief_known_errors() -> None:
+    """Install :class:`_KnownErrorsBrief` on the handlers of Prefect's run loggers (idempotent)."""
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.engine", ""):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _KnownErrorsBrief) for f in handler.filters):
+                handler.addFilter(_KnownErrorsBrief())
+
+
+def shield_temporary_server_from_ctrl_c() -> None:
+    """Make the temporary API server Prefect starts in ephemeral mode ignore the terminal's Ctrl-C.
+
+    A Ctrl-C in a terminal goes to the whole foreground process group, so it used to kill the
+    temporary server together with webvse: the engine then spent ~95 s retrying the dead API
+    to report the interrupt, printed connection tracebacks, left the run "Running" and needed
+    a second Ctrl-C. Started with SIGINT blocked (a blocked signal stays blocked across exec),
+    only webvse sees the Ctrl-C; the server records the Crashed state and is stopped with
+    SIGTERM when webvse exits, as Prefect always stops it.
+
+    Call before the first flow run of a command. Prefect keeps one temporary server per port in
+    ``SubprocessASGIServer._instances`` (there is no public hook for how it is started): the
+    instance registered here is the one Prefect's client then starts and uses.
+    """
+    from prefect.server.api.server import SubprocessASGIServer  # 2 s of imports: only for commands that run a flow
+
+    class CtrlCShieldedServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    CtrlCShieldedServer()
 
 
 def attempt_number() -> int:
@@ -147,7 +245,7 @@ class StepPlan:
         selected = frozenset(steps) if steps else frozenset(STEPS)
         unknown = (selected | set(refresh)) - set(STEPS)
         if unknown:
-            raise ValueError(f"unknown step(s) {sorted(unknown)}; steps are {list(STEPS)}")
+            raise InputError(f"unknown step(s) {sorted(unknown)}; steps are {list(STEPS)}")
         forced = set(refresh)
         for step in STEPS:  # STEPS is in dependency order, so one pass closes the set
             if any(d in forced for d in DEPENDS_ON[step]):
@@ -163,22 +261,41 @@ class StepPlan:
 
 @dataclass(frozen=True)
 class StepCall:
-    """Calls a step's task, past its cache when the plan refreshes it or its outputs are gone.
+    """Calls a step's task, past its cache when the plan refreshes it or its outputs changed.
 
     Output existence cannot be part of the cache key (it is computed before the first
-    run, when the outputs never exist), so it is checked here, per call, instead: a
-    deleted folder is rebuilt rather than "served" from a record that points at nothing.
+    run, when the outputs never exist), so outputs are checked per call instead: against
+    the fingerprint the cache record holds. Outputs that are gone, or that another
+    configuration's run has since overwritten (``vectors/word_vectors.bin`` of another
+    ``vectors.dim``), make the step run again rather than be "served" from a record
+    that no longer describes the files.
     """
 
-    task: Task[Any, Any]
+    task: Task[Any, StepResult]
     refresh: bool
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         inputs = inspect.signature(self.task.fn).bind(*args, **kwargs)
         inputs.apply_defaults()
         writes = OUTPUTS.get(self.task.name)
-        gone = writes is not None and not all(Path(p).exists() for p in writes(dict(inputs.arguments)))
-        return self.task.with_options(refresh_cache=self.refresh or gone)(*args, **kwargs)
+        paths = list(writes(dict(inputs.arguments))) if writes is not None else []
+        gone = not all(Path(p).exists() for p in paths)
+        state = self.task.with_options(refresh_cache=self.refresh or gone)(*args, return_state=True, **kwargs)
+        result: StepResult = state.result()
+        if state.name == "Cached" and paths and self._overwritten(result, paths, root_of(inputs.arguments)):
+            step_logger()(f"{self.task.name}: another run of the step has replaced the outputs of this cached one; running it again")
+            result = self.task.with_options(refresh_cache=True)(*args, **kwargs)
+        return result.value
+
+    def _overwritten(self, cached: StepResult, paths: list[Path], root: DataRoot) -> bool:
+        """The files differ from the cache record's *and* were written by another run of this step
+        (another configuration). Files edited by hand since (a curated ``keywords.parquet``) are
+        the user's input: they are kept and the steps that read them re-run instead."""
+        now = fingerprint(paths)
+        if now == cached.outputs:
+            return False
+        record = _last_write_record(self.task.name, root, paths)
+        return record.is_file() and record.read_text() == now
 
     def map(self, *args: Any, **kwargs: Any) -> Any:
         """One task run per element on the flow's task runner (threads, or Dask workers)."""

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
 from webvse_model.metrics import PROTOCOLS
@@ -76,12 +77,15 @@ class FeaturesConfig(Section):
     batch_size: int = Field(64, ge=1)
     workers: int = Field(2, ge=0)
     parallel_shards: int = Field(1, ge=1, description="split the images over this many tasks (e.g. one per Dask worker)")
+    on_bad_image: Literal["skip", "fail"] = Field(
+        "skip", description="an image that cannot be decoded: skip it (recorded in failures.parquet, training uses the rest) or fail"
+    )
 
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, value: str) -> str:
         if value not in ENCODERS:
-            raise ValueError(f"must be one of {sorted(ENCODERS)}, got {value!r}")
+            raise InputError(f"must be one of {sorted(ENCODERS)}, got {value!r}")
         return value
 
 
@@ -191,6 +195,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     """A YAML file (or the defaults) with dotted overrides such as ``{"train.epochs": 2}``."""
     values: dict[str, Any] = {}
     if path is not None:
+        if not Path(path).is_file():
+            raise MissingInputError(f"configuration file {path} does not exist (examples: configs/*.yaml)")
         text = Path(path).read_text(encoding="utf-8")
         try:
             values = yaml.safe_load(text) or {}

@@ -7,7 +7,9 @@ results as Prefect artifacts.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ matplotlib.use("Agg")  # no display on workers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from storage.atomic import atomic_write_path, atomic_write_text  # noqa: E402
 
@@ -94,21 +97,58 @@ def plot_r1_bars(table: pd.DataFrame, path: Path, label_column: str = "variant")
 
 
 def retrieval_examples(
-    captions: Sequence[str], caption_image: np.ndarray, scores: np.ndarray, image_names: Sequence[str], queries: Sequence[int], k: int = 5
+    captions: Sequence[str],
+    caption_image: np.ndarray,
+    scores: np.ndarray,
+    image_names: Sequence[str],
+    queries: Sequence[int],
+    k: int = 5,
+    image_files: Sequence[str] = (),
 ) -> str:
-    """Markdown in the manner of the paper's Figure 4: a caption, its top-k images, and where the true one ranked."""
+    """Markdown in the manner of the paper's Figure 4: a caption, its top-k images (thumbnails
+    when ``image_files`` are given), and where the true one ranked."""
     lines = []
     for q in queries:
         order = np.argsort(-scores[q], kind="stable")
         truth = int(caption_image[q])
         rank = int(np.flatnonzero(order == truth)[0]) + 1
         lines.append(f"**“{captions[q]}”** (ground truth at rank {rank})\n")
-        lines.append("| # | image | score | |\n|---|---|---|---|")
+        lines.append("| # | image | file | cosine | |\n|---|---|---|---|---|")
         for position, image in enumerate(order[:k], start=1):
             mark = "✅ ground truth" if image == truth else ""
-            lines.append(f"| {position} | `{image_names[image]}` | {scores[q, image]:.3f} | {mark} |")
+            picture = thumbnail_markdown(image_files[image]) if image_files else ""
+            lines.append(f"| {position} | {picture} | `{image_names[image]}` | {scores[q, image]:.3f} | {mark} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def thumbnail_markdown(path: str | Path, size: int = 96) -> str:
+    """A small JPEG thumbnail inlined as a data URI: the Prefect UI and any markdown viewer show
+    it without access to the data root."""
+    buffer = io.BytesIO()
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((size, size))
+            image.convert("RGB").save(buffer, "JPEG", quality=70)
+    except (OSError, ValueError):
+        return "(unreadable)"
+    return f"![{html.escape(Path(path).name)}](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+
+def artifact_table(table: pd.DataFrame, label_column: str = "variant") -> list[dict[str, object]]:
+    """Rows for a Prefect table artifact that a person reads: the variant first, then R@K and
+    ranks both ways and rsum, one decimal (no ``28.299999999999997``)."""
+    columns = [f"{d}_{m}" for d in ("i2t", "t2i") for m in ("r1", "r5", "r10", "medr", "meanr")] + ["rsum"]
+    titles = {"i2t": "image→text", "t2i": "text→image", "r1": "R@1", "r5": "R@5", "r10": "R@10", "medr": "medr", "meanr": "meanr"}
+    rows = []
+    for _, row in table.iterrows():
+        out: dict[str, object] = {label_column: str(row[label_column])}
+        for column in columns:
+            if column in row:
+                name = "rsum" if column == "rsum" else f"{titles[column[:3]]} {titles[column[4:]]}"
+                out[name] = round(float(row[column]), 1)
+        rows.append(out)
+    return rows
 
 
 def gallery_html(query: str, hits: Sequence[tuple[str, float]], path: Path) -> Path:

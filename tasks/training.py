@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from storage.atomic import atomic_write_text
+from storage.errors import InputError, MissingInputError
 from storage.fingerprint import fingerprint
 from storage.tables import RUN_METRICS, read_table, write_table
 from tasks.orchestration import attempt_number, pipeline_task, root_of, step_logger
@@ -61,15 +62,27 @@ class RunSettings:
 
 
 def write_run_config(run_dir: Path, source: DataSource, settings: RunSettings, model: ModelConfig) -> None:
-    config = {"data": asdict(source), "settings": asdict(settings), "model": model.to_dict()}
+    """``config.json``; the data path is stored relative to the run when the run lives inside it
+    (a data root's own runs), so a copied or moved data root reads its own data, not the original's."""
+    data = asdict(source)
+    if _inside(run_dir, Path(source.path)):
+        data["path"] = os.path.relpath(Path(source.path).absolute(), run_dir.absolute())
+    config = {"data": data, "settings": asdict(settings), "model": model.to_dict()}
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path.absolute().is_relative_to(folder.absolute())
+
+
 def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's ``config.json`` with its data path made absolute (relative paths are the run's)."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: {CONFIG_FILE} is missing")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise MissingInputError(f"{run_dir} is not a run folder: {CONFIG_FILE} is missing")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["data"]["path"] = os.path.normpath(Path(run_dir).absolute() / config["data"]["path"])
+    return dict(config)
 
 
 def _stage_from(values: dict[str, Any] | None) -> StageConfig | None:
@@ -108,7 +121,6 @@ def train_run(
 ) -> dict[str, StageResult]:
     """Stage I (and Stage II if configured and the source has web pairs) into ``run_dir``."""
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
     device = pick_device(settings.device)
     vocab_path = run / VOCAB_FILE
     if resume and vocab_path.is_file():
@@ -116,14 +128,13 @@ def train_run(
     else:
         train_caps = read_split(source, source.train_split, grouped=False).captions
         vocab = Vocabulary.build((tokenize(c) for c in train_caps), settings.vocab_min_count)
-        vocab.save(vocab_path)
-    train = load_split(source, source.train_split, vocab, grouped=False)
-    val = load_split(source, source.val_split, vocab)
+    train = load_split(source, source.train_split, vocab, grouped=False, log=log)
+    val = load_split(source, source.val_split, vocab, log=log)
     web = load_web(source) if settings.stage2 is not None else None
     if settings.stage2 is not None and web is None:
         raise ConfigError(f"stage2 is configured but {source.path} has no web pairs (web_ims.npy, web_tags.npy, web_keyword_rank.npy)")
     if val.feature_dim != train.feature_dim or (web is not None and web.features.shape[1] != train.feature_dim):
-        raise ValueError(f"{source.path}: splits have different feature dimensions")
+        raise InputError(f"{source.path}: splits have different feature dimensions")
     tag_dim = train.tag_dim or (web.tag_vectors.shape[1] if web is not None else 0)
     model_config = ModelConfig(
         image_dim=train.feature_dim,
@@ -134,6 +145,9 @@ def train_run(
         word_dim=settings.word_dim,
         gru_hidden=settings.gru_hidden,
     )
+    run.mkdir(parents=True, exist_ok=True)  # only once the data is known to load: a failed start leaves no empty run folder
+    if not vocab_path.is_file():
+        vocab.save(vocab_path)
     write_run_config(run, source, settings, model_config)
     log(
         f"run {run.name}: {train.num_images} train images / {train.num_captions} captions, vocab {len(vocab)}, "
@@ -210,7 +224,15 @@ def _summary(run: Path, result: StageResult) -> dict[str, Any]:
 _TRAINING_MODULES = ("tasks.training", "tasks.training_data", "webvse_model")
 
 
-@pipeline_task("stage1", _TRAINING_MODULES, reads=_training_reads, writes=lambda i: [_stage1_dir(i)])
+def _stage_outputs(run: Path, stage: str) -> list[Path]:
+    """A stage's outputs: its checkpoint manifest (sha256 of every checkpoint). Not the run
+    folder: the evaluation adds plots and tables there without changing what was trained."""
+    return [run / stage / "checkpoints.json"]
+
+
+@pipeline_task(
+    "stage1", _TRAINING_MODULES, reads=_training_reads, writes=lambda i: _stage_outputs(_stage1_dir(i), "stage1"), run_name="stage1-{label}"
+)
 def stage1_step(root: str, source: DataSource, settings: RunSettings, label: str, fresh: bool = False) -> dict[str, Any]:
     """Stage I (image-sentence + image-tag losses; ``lambda_tag=0`` = the baseline) into its run folder."""
     run = _stage1_dir({"root": root, "source": source, "settings": settings, "label": label})
@@ -236,7 +258,9 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-@pipeline_task("stage2", _TRAINING_MODULES, reads=_training_reads, writes=lambda i: [_stage2_dir(i)])
+@pipeline_task(
+    "stage2", _TRAINING_MODULES, reads=_training_reads, writes=lambda i: _stage_outputs(_stage2_dir(i), "stage2"), run_name="stage2-{label}"
+)
 def stage2_step(root: str, stage1_run: str, source: DataSource, settings: RunSettings, label: str, fresh: bool = False) -> dict[str, Any]:
     """Stage II on the crawled web pairs (L_IT only, lr / 10, curriculum) from Stage I's best model."""
     run = _stage2_dir({"source": source, "settings": settings, "root": root, "stage1_run": stage1_run, "label": label})

@@ -10,15 +10,18 @@ Both become the same :class:`CaptionedImages`, so training and evaluation do not
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from storage.errors import InputError
 from storage.layout import DataRoot
 from storage.tables import (
     CLEAN_CAPTIONS,
     CLEAN_IMAGES,
+    FEATURE_FAILURES,
     WEB_PHOTOS,
     feature_dim,
     feature_schema,
@@ -47,6 +50,7 @@ class DataSource:
     val_split: str = "dev"
     test_split: str = "test"
     feature_model: str = ""
+    skip_unreadable: bool = True  # images the features step could not decode are left out (else: an error)
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -65,6 +69,7 @@ class RawSplit:
     captions: list[str]
     caption_image: np.ndarray
     tag_vectors: np.ndarray | None = None
+    left_out: tuple[str, ...] = ()  # images of the split that could not be decoded (skipped)
 
 
 def _precomp_split(source: DataSource, split: str) -> RawSplit:
@@ -78,13 +83,14 @@ def _parquet_split(source: DataSource, split: str, grouped: bool) -> RawSplit:
     images = read_table(root.clean_images, CLEAN_IMAGES)
     images = images[images["split"] == split].reset_index(drop=True)
     if images.empty:
-        raise ValueError(f"{root.clean_images} has no images in split {split!r}")
+        raise InputError(f"{root.clean_images} has no images in split {split!r}")
     folder = root.features_dir(source.feature_model)
     table = read_shards(folder, feature_schema(feature_dim(folder)))
     row_of = {sha: i for i, sha in enumerate(table.column("sha256").to_pylist())}
+    images, left_out = _without_unreadable(images, root, source, split)
     missing = images.loc[~images["sha256"].isin(row_of), "path"].tolist()
     if missing:
-        raise ValueError(f"{len(missing)} images of split {split!r} have no features in {folder} (first: {missing[0]}); run the features step")
+        raise InputError(f"{len(missing)} images of split {split!r} have no features in {folder} (first: {missing[0]}); run the features step")
     matrix = features_matrix(table, feature_dim(folder))
     features = matrix[[row_of[sha] for sha in images["sha256"]]]
     captions = read_table(root.clean_captions, CLEAN_CAPTIONS)
@@ -97,9 +103,28 @@ def _parquet_split(source: DataSource, split: str, grouped: bool) -> RawSplit:
         per_image = captions.groupby("image_row").size().reindex(range(len(images)), fill_value=0)
         if (per_image < k).any():
             short = images["image_id"][int(np.argmax(per_image.to_numpy() < k))]
-            raise ValueError(f"split {split!r}: image {short} has fewer than {k} captions in {root.clean_captions}")
+            raise InputError(f"split {split!r}: image {short} has fewer than {k} captions in {root.clean_captions}")
         captions = captions.groupby("image_row", sort=True).head(k)
-    return RawSplit(features, captions["text"].tolist(), captions["image_row"].to_numpy(), _tag_vectors(root, captions, len(images)))
+    tag_vectors = _tag_vectors(root, captions, len(images))
+    return RawSplit(features, captions["text"].tolist(), captions["image_row"].to_numpy(), tag_vectors, tuple(left_out))
+
+
+def unreadable_images(root: DataRoot, feature_model: str) -> set[str]:
+    """sha256 of the images the features step recorded as undecodable (they never get a feature row)."""
+    failures = root.feature_failures(feature_model)
+    return set(read_table(failures, FEATURE_FAILURES)["sha256"]) if failures.is_file() else set()
+
+
+def _without_unreadable(images: pd.DataFrame, root: DataRoot, source: DataSource, split: str) -> tuple[pd.DataFrame, list[str]]:
+    """``images`` less those the features step could not decode, and their paths."""
+    unreadable = images["sha256"].isin(unreadable_images(root, source.feature_model))
+    if not unreadable.any():
+        return images, []
+    paths = images.loc[unreadable, "path"].tolist()
+    if not source.skip_unreadable:
+        failures = root.feature_failures(source.feature_model)
+        raise InputError(f"{len(paths)} image(s) of split {split!r} could not be read (first: {paths[0]}; all in {failures})")
+    return images[~unreadable].reset_index(drop=True), paths
 
 
 def _tag_vectors(root: DataRoot, captions: pd.DataFrame, num_images: int) -> np.ndarray | None:
@@ -118,9 +143,14 @@ def read_split(source: DataSource, split: str, grouped: bool = True) -> RawSplit
     return _precomp_split(source, split) if source.kind == "precomp" else _parquet_split(source, split, grouped)
 
 
-def load_split(source: DataSource, split: str, vocab: Vocabulary, grouped: bool = True) -> CaptionedImages:
-    """Tokenise and encode a split into training arrays."""
+def load_split(
+    source: DataSource, split: str, vocab: Vocabulary, grouped: bool = True, log: Callable[[str], None] = print
+) -> CaptionedImages:
+    """Tokenise and encode a split into training arrays (saying which unreadable images it left out)."""
     raw = read_split(source, split, grouped)
+    if raw.left_out:
+        shown = ", ".join(raw.left_out[:3]) + (f" and {len(raw.left_out) - 3} more" if len(raw.left_out) > 3 else "")
+        log(f"split {split!r}: {len(raw.left_out)} unreadable image(s) left out ({shown}); see features/*/failures.parquet")
     tokens, lengths = pad_token_ids([vocab.encode(tokenize(c)) for c in raw.captions])
     return CaptionedImages(raw.features, tokens, lengths, raw.caption_image, raw.tag_vectors, name=f"{source.path}:{split}")
 

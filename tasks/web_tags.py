@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from storage.errors import MissingInputError
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, read_table
 from tasks.keywords import group_key
@@ -80,7 +81,7 @@ def vocabulary_from(lemma_lists: Iterable[Iterable[str]], extra: Iterable[str] =
 def english_vocabulary(root: DataRoot) -> frozenset[str]:
     """Caption lemmas of ``clean/captions.parquet`` plus the word-vector vocabulary, if any."""
     if not root.clean_captions.is_file():
-        raise FileNotFoundError(f"{root.clean_captions} does not exist: run the keywords step first (webvse keywords)")
+        raise MissingInputError(f"{root.clean_captions} does not exist: run the keywords step first (webvse keywords)")
     captions = read_table(root.clean_captions, CLEAN_CAPTIONS)
     words = {lemma_of_tag(t) for tokens in captions["tokens"] for t in tokens if t.isalpha() and t not in STOP_WORDS}
     vectors_file = root.vectors_dir / VECTORS_FILE

@@ -25,6 +25,7 @@ import pandas as pd
 from gensim.models import KeyedVectors, Word2Vec
 
 from storage.atomic import atomic_write_path
+from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, WEB_PHOTOS, read_table
 from tasks.keywords import group_key
@@ -52,7 +53,7 @@ def load_keyed_vectors(path: str | Path) -> KeyedVectors:
     """A pretrained vectors file; the format follows the suffix."""
     source = Path(path)
     if not source.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"word vectors file {source} does not exist: give a word2vec .bin/.txt or gensim .kv file "
             f"(vectors.path), or leave it empty to train Word2Vec on the captions and tags"
         )
@@ -61,7 +62,7 @@ def load_keyed_vectors(path: str | Path) -> KeyedVectors:
             return KeyedVectors.load(str(source))
         return KeyedVectors.load_word2vec_format(str(source), binary=source.suffix == ".bin")
     except Exception as exc:  # gensim raises many kinds for a bad file
-        raise ValueError(f"{source} is not a readable word-vectors file: {exc}") from exc
+        raise InputError(f"{source} is not a readable word-vectors file: {exc}") from exc
 
 
 def train_word2vec(
@@ -70,7 +71,7 @@ def train_word2vec(
     """Skip-gram Word2Vec on ``documents`` (lists of words). One worker: reproducible."""
     docs = [list(d) for d in documents if len(d) >= 2]
     if not docs:
-        raise ValueError("no document with 2 or more words to train word vectors on")
+        raise InputError("no document with 2 or more words to train word vectors on")
     model = Word2Vec(docs, vector_size=dim, window=window, min_count=min_count, sg=1, epochs=epochs, seed=seed, workers=1)
     return model.wv
 

@@ -29,6 +29,14 @@ def tiny_config(data_root: Path, **sections: dict[str, Any]) -> PipelineConfig:
     return config_from_dict({**values, "data_root": str(data_root)})
 
 
+def task_name(run_name: str) -> str:
+    """The task of a task run: ``stage1-baseline`` -> ``stage1``, ``crawl-a1b`` -> ``crawl``."""
+    for step in ("stage1", "stage2"):  # named after their variant (``run_name`` of the task)
+        if run_name.startswith(f"{step}-"):
+            return step
+    return run_name.rsplit("-", 1)[0]
+
+
 def _task_runs(flow_run_id: UUID) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -45,11 +53,11 @@ def task_states(flow_run_id: UUID) -> dict[str, list[str]]:
     runs = _task_runs(flow_run_id)
     states: dict[str, list[str]] = defaultdict(list)
     for run in runs:
-        states[run.name.rsplit("-", 1)[0]].append(run.state.name if run.state else "?")
+        states[task_name(run.name)].append(run.state.name if run.state else "?")
     return dict(states)
 
 
 def run_counts(flow_run_id: UUID) -> dict[str, int]:
     """How many attempts each task run of a flow run made (1 = no retry)."""
     runs = _task_runs(flow_run_id)
-    return {run.name.rsplit("-", 1)[0]: run.run_count for run in runs}
+    return {task_name(run.name): run.run_count for run in runs}

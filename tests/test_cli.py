@@ -29,7 +29,10 @@ def test_train_then_evaluate(tiny_precomp: Path, tmp_path: Path, capsys: pytest.
     [
         (["train", "--precomp", "/nonexistent/precomp", "--epochs", "1"], "precomp folder /nonexistent/precomp does not exist"),
         (["train", "--precomp", "/nonexistent", "--lr", "-1"], "stage1.lr must be a positive number"),
-        (["evaluate", "--run", "nope"], "is not a run folder"),
+        (["evaluate", "--run", "nope"], "no run 'nope' under"),
+        (["evaluate", "--run", "/no/such/dir"], "no run folder /no/such/dir"),
+        (["run", "--config", "/no/such/config.yaml"], "configuration file /no/such/config.yaml does not exist"),
+        (["run", "--set", "train.epochs"], "--set wants KEY=VALUE"),
     ],
 )
 def test_bad_input_is_one_line_not_a_traceback(argv: list[str], message: str, tmp_path: Path) -> None:
@@ -141,3 +144,56 @@ def test_world_keywords_vectors_commands(tmp_path: Path, capsys: pytest.CaptureF
     # Stage II on the crawled web photos: their features and English tags from the same data root
     assert main([*train, "--run-id", "pq2", "--stage2-epochs", "1"]) == 0  # the later --run-id wins
     assert "stage2: best val rsum" in capsys.readouterr().out
+
+
+def _webvse(*argv: str, **popen: object) -> subprocess.Popen[str]:
+    """``webvse`` in its own process group with SIGINT at its default, as in a terminal
+    (a background job of a non-interactive shell inherits SIGINT ignored)."""
+    import signal
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_data_root_that_is_not_a_writable_folder_is_one_line(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("x")
+    process = _webvse("run", "--data-root", str(not_a_folder), "--steps", "world")
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 2, out
+    assert f"webvse: error: data root {not_a_folder} is not a writable folder" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_stops_the_run_marks_it_crashed_and_exits_130(tmp_path: Path) -> None:
+    """One SIGINT to the whole process group (what a terminal's Ctrl-C sends, the temporary
+    Prefect server included): the run stops, its state is recorded, one line, exit 130."""
+    import os
+    import re
+    import signal
+
+    import yaml
+    from pipeline_support import TINY
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "data_root": str(tmp_path / "data")}))
+    process = _webvse("run", "--config", str(config))
+    assert process.stdout is not None
+    lines: list[str] = []
+    for line in process.stdout:  # interrupt inside a task, once the world is being rendered
+        lines.append(line)
+        if "world: rendering" in line:
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)  # before the fix: ~95 s of retries against the dead server, then a hang
+    out = "".join(lines) + rest
+    assert process.returncode == 130, out
+    assert "webvse: interrupted; the same command resumes where it stopped" in out
+    assert "Traceback" not in out and "Error logging to API" not in out and "Connection refused" not in out, out
+    run_name = re.search(r"Flow run '([^']+)' - Beginning flow run", out)
+    assert run_name, out
+    assert f"Flow run '{run_name.group(1)}' - Finished in state Crashed('Execution was aborted by an interrupt signal.')" in out

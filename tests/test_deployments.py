@@ -18,11 +18,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
-from pipeline_support import tiny_config
+from pipeline_support import task_name, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -97,12 +98,14 @@ class PrefectServer:
     def task_names(self, flow_run_id: str) -> list[str]:
         body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
         runs = requests.post(f"{self.api}/task_runs/filter", json=body, timeout=10).json()
-        return sorted(run["name"].rsplit("-", 1)[0] for run in runs)
+        return sorted(task_name(run["name"]) for run in runs)
 
 
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
-    server = PrefectServer(tmp_path / "prefect-home")
+@contextmanager
+def running_server(home: Path, **settings: str) -> Iterator[PrefectServer]:
+    """``prefect server start`` (with extra ``PREFECT_*`` settings), stopped with its worker at the end."""
+    server = PrefectServer(home)
+    server.env.update(settings)
     server.spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(server.port))
     try:
         server.wait_healthy()
@@ -110,6 +113,12 @@ def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
     finally:
         for process in reversed(server.processes):
             _stop(process)
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
+    with running_server(tmp_path / "prefect-home") as server:
+        yield server
 
 
 @pytest.mark.slow
@@ -134,3 +143,48 @@ def test_deployments_run_on_a_real_server_and_worker(prefect_server: PrefectServ
     again = prefect_server.run_deployment("webvse/re-evaluate", {"config": config})
     assert prefect_server.wait_final(again) == "COMPLETED", (prefect_server.logs / "worker.log").read_text()[-4000:]
     assert prefect_server.task_names(again) == ["evaluate"]
+
+
+@pytest.fixture
+def scheduling_server(tmp_path: Path) -> Iterator[PrefectServer]:
+    """A real server whose scheduler service visits deployments every second (default: 60 s)."""
+    with running_server(tmp_path / "prefect-home", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1") as server:
+        yield server
+
+
+@pytest.mark.slow
+def test_the_nightly_schedule_gets_upcoming_runs_from_the_scheduler(scheduling_server: PrefectServer) -> None:
+    """Not the cron string: the scheduler service must create Scheduled runs at 02:00 UTC, and the
+    server's services (scheduler, event persister) must log no error while doing it."""
+    scheduling_server.cli("work-pool", "create", "gpu", "--type", "process")
+    scheduling_server.cli("--no-prompt", "deploy", "--name", "nightly-retrain")
+    deployment = requests.get(f"{scheduling_server.api}/deployments/name/webvse/nightly-retrain", timeout=10).json()
+    body = {"deployments": {"id": {"any_": [deployment["id"]]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}
+    deadline, runs = time.monotonic() + 90, []
+    while time.monotonic() < deadline and not runs:
+        runs = requests.post(f"{scheduling_server.api}/flow_runs/filter", json=body, timeout=10).json()
+        if not runs:
+            time.sleep(1)
+    log = (scheduling_server.logs / "server.log").read_text(errors="replace")
+    assert runs, f"the scheduler created no run for the nightly deployment in 90 s; server log:\n{log[-4000:]}"
+    times = sorted(run["expected_start_time"] for run in runs)
+    assert all("T02:00:00" in t for t in times), times
+    assert len(set(times)) == len(times) > 1  # upcoming nights, one run each
+    problems = [line for line in log.splitlines() if "Traceback" in line or "| ERROR" in line or "InvalidRequestError" in line]
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_cpu_pool_deployments_train_the_demo_sizes_not_the_paper_s() -> None:
+    """The paper's defaults take hours on a CPU: every cpu-pool deployment carries the demo's sizes,
+    and those stay equal to ``demo_config`` (declared there once)."""
+    import yaml
+
+    from tasks.pipeline_config import config_from_dict, demo_config
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    on_cpu = [d for d in spec["deployments"] if d["work_pool"]["name"] == "cpu"]
+    assert {d["name"] for d in on_cpu} == {"full-pipeline", "recrawl", "re-evaluate"}
+    demo = demo_config()
+    for deployment in on_cpu:
+        config = config_from_dict(deployment["parameters"]["config"])
+        assert config.train == demo.train and config.vectors == demo.vectors, deployment["name"]

@@ -18,7 +18,8 @@ from PIL import Image
 
 from storage.layout import DataRoot
 from storage.tables import feature_schema, read_shards, read_table
-from tasks.features import FAILURES, FeatureSettings, compute_features, load_rgb
+from storage.tables import FEATURE_FAILURES
+from tasks.features import FeatureSettings, compute_features, load_rgb
 from webvse_model.cnn import build_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_bad_images_are_recorded_and_odd_modes_converted(tmp_path: Path) -> None
     root = DataRoot.resolve(tmp_path / "root")
     result = compute_features(root, _frame([good, *converted, *bad]), FeatureSettings(batch_size=3, workers=0), **QUIET)
     assert (result["computed"], result["failed"]) == (4, 4)
-    failures = read_table(root.features_dir(result["encoder_id"]) / "failures.parquet", FAILURES).set_index("path")["reason"]
+    failures = read_table(root.features_dir(result["encoder_id"]) / "failures.parquet", FEATURE_FAILURES).set_index("path")["reason"]
     assert failures[str(tmp_path / "zero.jpg")] == "zero bytes"
     assert failures[str(tmp_path / "huge.png")].endswith("exceeds the pixel guard")
     assert failures[str(tmp_path / "page.jpg")].startswith("not a decodable image")

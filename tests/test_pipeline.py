@@ -21,11 +21,15 @@ import pytest
 import yaml
 from pipeline_support import run_counts, task_states, tiny_config
 
+from gensim.models import KeyedVectors
+
 from flows.pipeline import webvse
-from storage.tables import KEYWORDS, WEB_PHOTOS, feature_schema, read_shards, read_table, write_table
+from storage.errors import InputError
+from storage.tables import FEATURE_FAILURES, KEYWORDS, WEB_PHOTOS, feature_schema, read_shards, read_table, write_table
 from tasks.features import images_to_encode
 from tasks.orchestration import StepPlan
 from tasks.pipeline_config import STEPS, load_config
+from tasks.word_vectors import VECTORS_FILE
 from webvse_model.cnn import encoder_spec
 from webvse_model.train import ConfigError
 from webvse_world.flickr_server import FlickrServer
@@ -71,6 +75,24 @@ def test_second_run_executes_no_task_body(first_run) -> None:
     assert set(states) == EVERY_TASK
     not_cached = {name: s for name, s in states.items() if any(x != "Cached" for x in s)}
     assert not not_cached, f"ran again instead of the cache: {not_cached}"
+    assert again.result()["results"] == state.result()["results"]
+
+
+@pytest.mark.slow
+def test_another_configuration_s_outputs_are_never_served_from_the_cache(first_run) -> None:
+    """The repro of a silent wrong result: config A, then config B overwrites the vectors
+    (another ``vectors.dim``), then A again. A's cache record must not vouch for B's file."""
+    config, state = first_run
+    other = config.model_copy(update={"vectors": config.vectors.model_copy(update={"dim": 16})})
+    data_steps = ["world", "keywords", "crawl", "features", "vectors"]
+    assert webvse(config=other, steps=data_steps, return_state=True).is_completed()
+    assert KeyedVectors.load_word2vec_format(str(config.root.vectors_dir / VECTORS_FILE), binary=True).vector_size == 16
+
+    again = webvse(config=config, return_state=True)
+    states = task_states(again.state_details.flow_run_id)
+    assert states["vectors"] == ["Cached", "Completed"], states  # the record no longer matches the file: run again
+    assert states["keywords"] == ["Cached"] and states["stage1"] == ["Cached", "Cached"], states  # same bytes as A's
+    assert KeyedVectors.load_word2vec_format(str(config.root.vectors_dir / VECTORS_FILE), binary=True).vector_size == 32
     assert again.result()["results"] == state.result()["results"]
 
 
@@ -223,3 +245,45 @@ def test_search_ranks_the_run_images_for_a_text_query(first_run) -> None:
     assert page.count("<img ") == 4 and "a red dog on the beach" in page
     with pytest.raises(ValueError, match="empty"):
         search_images(run, "   ")
+    with pytest.raises(InputError, match="none of the query's words is in the model's vocabulary \\(xyzzy, plugh\\)"):
+        search_images(run, "xyzzy plugh")  # arbitrary images for an all-<unk> caption would look like an answer
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_is_skipped_and_reported_and_a_copied_root_evaluates_its_own_data(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    config = tiny_config(tmp_path / "data", retries={"other": 1, "other_delay_seconds": 30})
+    assert webvse(config=config, steps=["world"], return_state=True).is_completed()
+    dataset = json.loads((config.root.world_clean_dir / "dataset_world.json").read_text())
+    broken = next(image for image in dataset["images"] if image["split"] == "train")
+    broken_path = config.root.world_clean_dir / broken["filepath"] / broken["filename"]
+    broken_path.write_bytes(b"<html>not a photo</html>")
+
+    state = webvse(config=config, return_state=True)
+    assert state.is_completed(), state.message
+    failures = read_table(config.root.feature_failures(encoder_spec(config.features.encoder).encoder_id), FEATURE_FAILURES)
+    assert [Path(p).name for p in failures["path"]] == [broken["filename"]]
+    first = state.result()
+    for run in first["runs"].values():  # trained on the other images; the run folder says its data path relatively
+        assert json.loads((Path(run) / "config.json").read_text())["data"]["path"] == "../.."
+
+    # a copied root is whole: with the original moved away, the copy evaluates from its own files
+    copy = tmp_path / "copy"
+    shutil.copytree(config.root.root, copy)
+    config.root.root.rename(tmp_path / "moved-away")
+    assert not any(Path(run).is_absolute() for run in json.loads((copy / "runs" / "latest.json").read_text()).values())
+    copied = config.model_copy(update={"data_root": str(copy)})
+    again = webvse(config=copied, steps=["evaluate"], refresh=["evaluate"], return_state=True)
+    assert again.is_completed(), again.message
+    assert again.result()["results"] == first["results"]
+    assert not (tmp_path / "data").exists()  # nothing was written back to the original's path
+
+    # asked to fail instead: one clear error, and no retry of a deterministic failure (retries.other = 1)
+    strict = copied.model_copy(update={"features": copied.features.model_copy(update={"on_bad_image": "fail"})})
+    failed = webvse(config=strict, steps=["features"], return_state=True)
+    assert failed.is_failed()
+    with pytest.raises(InputError, match=r"1 image\(s\) could not be read: .*failures\.parquet.*features\.on_bad_image: skip"):
+        failed.result()
+    assert run_counts(failed.state_details.flow_run_id)["features"] == 1

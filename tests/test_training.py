@@ -148,3 +148,17 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_precomp: Path, t
     assert again["epoch"].tolist() == list(range(1, 7))
     for column in ("train_loss", "rsum"):
         assert again[column].tolist() == pytest.approx(straight[column].tolist(), rel=1e-6, abs=1e-9), column
+
+
+def test_a_stage_says_how_long_it_will_take_before_its_first_epoch_ends(tiny_precomp: Path, tmp_path: Path) -> None:
+    import math
+    import re
+
+    lines: list[str] = []
+    settings = RunSettings(stage1=replace(FAST, epochs=3, batch_size=32), **SMALL)
+    train_run(tmp_path / "run", DataSource(str(tiny_precomp)), settings, log=lines.append)
+    estimates = [i for i, line in enumerate(lines) if "of training for 3 epoch(s)" in line]
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("stage1 epoch 1/3"))
+    assert len(estimates) == 1 and estimates[0] < first_epoch, lines
+    steps = int(re.search(r"x (\d+) steps/epoch", lines[estimates[0]]).group(1))
+    assert steps == math.ceil(600 * 5 / 32)  # every caption of the 600 training images once per epoch, 32 a batch

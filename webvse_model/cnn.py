@@ -23,11 +23,13 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
+from storage.errors import InputError, WebvseError
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TFLITE_MEAN, TFLITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 
 
-class EncoderUnavailable(RuntimeError):
+class EncoderUnavailable(WebvseError, RuntimeError):
     """The encoder's weights or code are not installed; the message says how to get them."""
 
 
@@ -109,7 +111,7 @@ DEFAULT_ENCODER = "efficientnet-lite0"
 
 def encoder_spec(name: str) -> EncoderSpec:
     if name not in ENCODERS:
-        raise ValueError(f"features.encoder must be one of {sorted(ENCODERS)}, got {name!r}")
+        raise InputError(f"features.encoder must be one of {sorted(ENCODERS)}, got {name!r}")
     return ENCODERS[name]
 
 

@@ -14,18 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from storage.errors import InputError
+
 
 def _check_finite(name: str, array: np.ndarray) -> None:
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).any(axis=tuple(range(1, array.ndim))).sum())
-        raise ValueError(f"{name}: {bad} rows contain NaN or infinite values")
+        raise InputError(f"{name}: {bad} rows contain NaN or infinite values")
 
 
 def pad_token_ids(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad token id lists with 0 into ``[M, T]`` plus their lengths ``[M]``."""
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     if len(sequences) and lengths.min() < 1:
-        raise ValueError("every encoded caption needs at least one token")
+        raise InputError("every encoded caption needs at least one token")
     padded = np.zeros((len(sequences), int(lengths.max(initial=1))), dtype=np.int64)
     for row, ids in enumerate(sequences):
         padded[row, : len(ids)] = ids
@@ -53,20 +55,20 @@ class CaptionedImages:
     def __post_init__(self) -> None:
         self.features = np.ascontiguousarray(self.features, dtype=np.float32)
         if self.features.ndim != 2 or len(self.features) == 0:
-            raise ValueError(f"{self.name}: image features must be a non-empty [N, V] matrix, got {self.features.shape}")
+            raise InputError(f"{self.name}: image features must be a non-empty [N, V] matrix, got {self.features.shape}")
         _check_finite(f"{self.name} image features", self.features)
         n = len(self.features)
         self.caption_image = np.asarray(self.caption_image, dtype=np.int64)
         if len(self.tokens) != len(self.caption_image) or len(self.lengths) != len(self.caption_image):
-            raise ValueError(f"{self.name}: {len(self.tokens)} captions but {len(self.caption_image)} caption->image links")
+            raise InputError(f"{self.name}: {len(self.tokens)} captions but {len(self.caption_image)} caption->image links")
         if len(self.caption_image) == 0:
-            raise ValueError(f"{self.name}: no captions")
+            raise InputError(f"{self.name}: no captions")
         if self.caption_image.min() < 0 or self.caption_image.max() >= n:
-            raise ValueError(f"{self.name}: a caption points to an image outside 0..{n - 1}")
+            raise InputError(f"{self.name}: a caption points to an image outside 0..{n - 1}")
         if self.tag_vectors is not None:
             self.tag_vectors = np.ascontiguousarray(self.tag_vectors, dtype=np.float32)
             if self.tag_vectors.shape[0] != n:
-                raise ValueError(f"{self.name}: {self.tag_vectors.shape[0]} tag vectors for {n} images")
+                raise InputError(f"{self.name}: {self.tag_vectors.shape[0]} tag vectors for {n} images")
             _check_finite(f"{self.name} tag vectors", self.tag_vectors)
             if self.has_tags is None:
                 self.has_tags = np.abs(self.tag_vectors).sum(axis=1) > 0
@@ -96,7 +98,7 @@ class CaptionedImages:
         """Raise unless caption ``j`` belongs to image ``j // k`` for every ``j``."""
         expected = np.arange(self.num_images * captions_per_image) // captions_per_image
         if self.num_captions != len(expected) or not np.array_equal(self.caption_image, expected):
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: evaluation needs exactly {captions_per_image} captions per image, grouped in image order "
                 f"({self.num_images} images, {self.num_captions} captions)"
             )
@@ -116,7 +118,7 @@ class WebPairs:
         self.tag_vectors = np.ascontiguousarray(self.tag_vectors, dtype=np.float32)
         self.keyword_rank = np.asarray(self.keyword_rank, dtype=np.int64)
         if not (len(self.features) == len(self.tag_vectors) == len(self.keyword_rank)) or len(self.features) == 0:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: need equal, non-zero numbers of features ({len(self.features)}), "
                 f"tag vectors ({len(self.tag_vectors)}) and keyword ranks ({len(self.keyword_rank)})"
             )
@@ -144,9 +146,9 @@ class CurriculumSchedule:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.start_fraction <= 1.0:
-            raise ValueError(f"curriculum.start_fraction must be in (0, 1], got {self.start_fraction}")
+            raise InputError(f"curriculum.start_fraction must be in (0, 1], got {self.start_fraction}")
         if self.full_at_epoch < 0:
-            raise ValueError(f"curriculum.full_at_epoch must be >= 0, got {self.full_at_epoch}")
+            raise InputError(f"curriculum.full_at_epoch must be >= 0, got {self.full_at_epoch}")
 
     def fraction(self, epoch: int) -> float:
         if not self.enabled or self.full_at_epoch == 0:

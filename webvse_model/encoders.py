@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from storage.errors import InputError
+
 
 def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Row-wise unit length; ``eps`` keeps an all-zero row finite instead of NaN."""
@@ -25,7 +27,7 @@ def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 def _check_dim(name: str, x: torch.Tensor, expected: int) -> None:
     if x.dim() != 2 or x.shape[1] != expected:
-        raise ValueError(f"{name} have shape {tuple(x.shape)}, the model expects [batch, {expected}]")
+        raise InputError(f"{name} have shape {tuple(x.shape)}, the model expects [batch, {expected}]")
 
 
 class TwoLayerProjection(nn.Module):
@@ -76,9 +78,9 @@ class SentenceEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``tokens [B, T]`` padded with 0, ``lengths [B]`` (>= 1) -> ``[B, D]``."""
         if tokens.dim() != 2 or lengths.shape != tokens.shape[:1]:
-            raise ValueError(f"tokens {tuple(tokens.shape)} and lengths {tuple(lengths.shape)} do not match")
+            raise InputError(f"tokens {tuple(tokens.shape)} and lengths {tuple(lengths.shape)} do not match")
         if bool((lengths < 1).any()):
-            raise ValueError("every caption needs at least one token")
+            raise InputError("every caption needs at least one token")
         packed = pack_padded_sequence(self.embedding(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, hidden = self.gru(packed)  # hidden[-1] is the state after each sequence's own last token
         return l2_normalise(self.fc(hidden[-1]))
@@ -100,9 +102,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("image_dim", "vocab_size", "embed_dim", "hidden_dim", "word_dim", "gru_hidden", "gru_layers"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.tag_dim < 0:
-            raise ValueError(f"model.tag_dim must be >= 0 (0 = no tag branch), got {self.tag_dim}")
+            raise InputError(f"model.tag_dim must be >= 0 (0 = no tag branch), got {self.tag_dim}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,5 +128,5 @@ class JointEmbedding(nn.Module):
 
     def encode_tags(self, tag_vectors: torch.Tensor) -> torch.Tensor:
         if self.tag is None:
-            raise ValueError("this model has no tag branch (model.tag_dim = 0)")
+            raise InputError("this model has no tag branch (model.tag_dim = 0)")
         return self.tag(tag_vectors)

@@ -17,6 +17,8 @@ from typing import Literal
 
 import torch
 
+from storage.errors import InputError
+
 LossVariant = Literal["vse", "vse++"]
 LOSS_VARIANTS: tuple[str, ...] = ("vse", "vse++")
 
@@ -30,9 +32,9 @@ def ranking_loss(
 ) -> torch.Tensor:
     """Hinge ranking loss of L2-normalised ``images [B, D]`` vs ``texts [B, D]``, row i matching row i."""
     if variant not in LOSS_VARIANTS:
-        raise ValueError(f"loss variant must be one of {LOSS_VARIANTS}, got {variant!r}")
+        raise InputError(f"loss variant must be one of {LOSS_VARIANTS}, got {variant!r}")
     if images.shape != texts.shape or images.dim() != 2:
-        raise ValueError(f"images {tuple(images.shape)} and texts {tuple(texts.shape)} must both be [batch, D]")
+        raise InputError(f"images {tuple(images.shape)} and texts {tuple(texts.shape)} must both be [batch, D]")
     scores = images @ texts.t()
     positives = scores.diagonal()
     # row i: image i against every text j; column j: text j against every image i
@@ -42,7 +44,7 @@ def ranking_loss(
         not_negative = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
     else:
         if image_ids.shape != (scores.shape[0],):
-            raise ValueError(f"image_ids must be [batch]={scores.shape[0]}, got {tuple(image_ids.shape)}")
+            raise InputError(f"image_ids must be [batch]={scores.shape[0]}, got {tuple(image_ids.shape)}")
         not_negative = image_ids.unsqueeze(1) == image_ids.unsqueeze(0)
     cost_text = cost_text.masked_fill(not_negative, 0.0)
     cost_image = cost_image.masked_fill(not_negative, 0.0)

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from storage.errors import InputError
+
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
 PROTOCOLS: tuple[str, ...] = ("all", "coco-1k", "coco-5k", "f30k-1k")
 _PAIR_BLOCK = 256  # float64 re-checks per block: 2 x 2 MB at D=1024, reused by malloc (8 MB blocks page-fault)
@@ -96,13 +98,13 @@ class ProtocolResult:
 def _as_tensor(name: str, x: Any, device: torch.device | None) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     if t.dim() != 2 or t.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty [rows, D] matrix, got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be a non-empty [rows, D] matrix, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
-        raise ValueError(f"{name} must hold floats, got {t.dtype}")
+        raise InputError(f"{name} must hold floats, got {t.dtype}")
     # one cheap reduction first: NaN/inf anywhere make the sum non-finite (an overflowing
     # sum of finite values only triggers the exact, slower check)
     if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contain NaN or infinite values")
+        raise InputError(f"{name} contain NaN or infinite values")
     return t.to(device) if device is not None else t
 
 
@@ -217,13 +219,13 @@ def retrieval_ranks(
     cap = _as_tensor("captions", captions, dev if dev is not None else img.device)
     n, k = img.shape[0], int(captions_per_image)
     if k < 1:
-        raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}")
+        raise InputError(f"captions_per_image must be >= 1, got {captions_per_image}")
     if cap.shape[1] != img.shape[1]:
-        raise ValueError(f"images are {img.shape[1]}-d but captions are {cap.shape[1]}-d")
+        raise InputError(f"images are {img.shape[1]}-d but captions are {cap.shape[1]}-d")
     if cap.shape[0] != n * k:
-        raise ValueError(f"{n} images x {k} captions each need {n * k} caption rows, got {cap.shape[0]}")
+        raise InputError(f"{n} images x {k} captions each need {n * k} caption rows, got {cap.shape[0]}")
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
 
     with _full_float32_matmul(img.device):
         return _ranks(img, cap, k, chunk_size, max_chunk_bytes)
@@ -304,7 +306,7 @@ def evaluate_embeddings(
 def mean_metrics(results: Sequence[RetrievalMetrics]) -> RetrievalMetrics:
     """Average every field over folds; ``rsum`` is then recomputed from the means."""
     if not results:
-        raise ValueError("no results to average")
+        raise InputError("no results to average")
 
     def avg(direction: str) -> DirectionMetrics:
         return DirectionMetrics(
@@ -320,7 +322,7 @@ def folded(images: Any, captions: Any, captions_per_image: int = 5, fold_size: i
     cap = torch.as_tensor(np.asarray(captions) if not isinstance(captions, torch.Tensor) else captions)
     n, k = img.shape[0], captions_per_image
     if n % fold_size:
-        raise ValueError(f"{n} images do not split into folds of {fold_size}")
+        raise InputError(f"{n} images do not split into folds of {fold_size}")
     folds = tuple(
         evaluate_embeddings(img[s : s + fold_size], cap[s * k : (s + fold_size) * k], k, **kw) for s in range(0, n, fold_size)
     )
@@ -338,9 +340,9 @@ def run_protocol(name: str, images: Any, captions: Any, captions_per_image: int 
     n = len(images)
     expected = {"coco-1k": 5000, "coco-5k": 5000, "f30k-1k": 1000}
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; choose one of {PROTOCOLS}")
+        raise InputError(f"unknown protocol {name!r}; choose one of {PROTOCOLS}")
     if name in expected and n != expected[name]:
-        raise ValueError(f"protocol {name} needs {expected[name]} test images, got {n}; use 'all' for other sizes")
+        raise InputError(f"protocol {name} needs {expected[name]} test images, got {n}; use 'all' for other sizes")
     if name == "coco-1k":
         result = folded(images, captions, captions_per_image, 1000, **kw)
         return ProtocolResult(name, result.metrics, result.folds)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.atomic import atomic_write_text
+from storage.errors import InputError, MissingInputError
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, START, END, UNK)
@@ -35,16 +36,16 @@ class Vocabulary:
 
     def __post_init__(self) -> None:
         if self.tokens[: len(SPECIAL_TOKENS)] != SPECIAL_TOKENS:
-            raise ValueError(f"a vocabulary must start with {SPECIAL_TOKENS}")
+            raise InputError(f"a vocabulary must start with {SPECIAL_TOKENS}")
         if len(set(self.tokens)) != len(self.tokens):
-            raise ValueError("a vocabulary must not repeat a token")
+            raise InputError("a vocabulary must not repeat a token")
         object.__setattr__(self, "_index", {token: i for i, token in enumerate(self.tokens)})
 
     @classmethod
     def build(cls, tokenized: Iterable[Sequence[str]], min_count: int = 4) -> Vocabulary:
         """Keep tokens seen at least ``min_count`` times, most frequent first (ties alphabetical)."""
         if min_count < 1:
-            raise ValueError(f"min_count must be >= 1, got {min_count}")
+            raise InputError(f"min_count must be >= 1, got {min_count}")
         counts = Counter(token for tokens in tokenized for token in tokens)
         kept = sorted((t for t, c in counts.items() if c >= min_count and t not in SPECIAL_TOKENS), key=lambda t: (-counts[t], t))
         return cls(SPECIAL_TOKENS + tuple(kept))
@@ -79,6 +80,6 @@ class Vocabulary:
             data = json.loads(source.read_text(encoding="utf-8"))
             return cls(tuple(data["tokens"]))
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"vocabulary file {source} does not exist") from exc
+            raise MissingInputError(f"vocabulary file {source} does not exist") from exc
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"vocabulary file {source} is not a webvse vocabulary: {exc}") from exc
+            raise InputError(f"vocabulary file {source} is not a webvse vocabulary: {exc}") from exc

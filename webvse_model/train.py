@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from storage.checkpoints import CheckpointStore
+from storage.errors import InputError
 from webvse_model.data import (
     CaptionedImages,
     CurriculumSchedule,
@@ -44,7 +45,7 @@ CHECKPOINT_FORMAT = "webvse-checkpoint-1"
 BRANCHES: tuple[str, ...] = ("image", "sentence", "tag")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is out of range; the message names the field."""
 
 
@@ -136,6 +137,9 @@ class StageResult:
     checkpoint_dir: Path
 
 
+_ESTIMATE_AFTER_STEPS = 5  # steps timed before the stage's duration is estimated
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` = CUDA when available, else CPU; anything else is passed to torch."""
     if name == "auto":
@@ -163,7 +167,7 @@ def load_model(store: CheckpointStore, name: str = "best", device: torch.device 
     """Rebuild a :class:`JointEmbedding` from a checkpoint (``weights_only=True``)."""
     payload = store.load(name, _torch_load(torch.device(device)))
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{store.folder / (name + '.pt')} is not a webvse checkpoint")
+        raise InputError(f"{store.folder / (name + '.pt')} is not a webvse checkpoint")
     model = JointEmbedding(ModelConfig(**payload["model_config"])).to(device)
     model.load_state_dict(payload["model"])
     return model
@@ -190,6 +194,7 @@ class Trainer:
         self.on_epoch = on_epoch
         self.log = log
         self._epoch = 0
+        self._estimated = False  # the duration estimate is said once, on the first epoch this trainer runs
         for branch in config.frozen:
             module = getattr(self.model, branch)
             if module is not None:
@@ -217,9 +222,9 @@ class Trainer:
     def _restore(self) -> tuple[int, float, int, list[EpochRecord]]:
         state = self.store.load("last", _torch_load(self.device))
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{self.store.folder}/last.pt is not a webvse training checkpoint")
+            raise InputError(f"{self.store.folder}/last.pt is not a webvse training checkpoint")
         if state["model_config"] != self.model.config.to_dict():
-            raise ValueError(f"{self.store.folder}/last.pt was trained with another model shape: {state['model_config']}")
+            raise InputError(f"{self.store.folder}/last.pt was trained with another model shape: {state['model_config']}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -269,10 +274,13 @@ class Trainer:
         self.model.train()
         batches = self._epoch_batches(train, epoch)
         if not batches:
-            raise ValueError(f"{self.config.name}: the training set yields no batch of >= 2 pairs")
+            raise InputError(f"{self.config.name}: the training set yields no batch of >= 2 pairs")
         total = 0.0
         params = [p for p in self.model.parameters() if p.requires_grad]
-        for rows in batches:
+        started = time.perf_counter()
+        for step, rows in enumerate(batches, start=1):
+            if step == _ESTIMATE_AFTER_STEPS + 1 and not self._estimated:
+                self._log_estimate((time.perf_counter() - started) / _ESTIMATE_AFTER_STEPS, len(batches), epoch)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 if isinstance(train, WebPairs):
                     loss = self._web_step_loss(train, rows)
@@ -287,6 +295,17 @@ class Trainer:
         if not math.isfinite(total):
             raise FloatingPointError(f"{self.config.name}: the training loss became {total} at epoch {epoch + 1}")
         return total / len(batches)
+
+    def _log_estimate(self, seconds_per_step: float, steps_per_epoch: int, epoch: int) -> None:
+        """Say how long the stage will take, measured on its first steps, before the user waits for it."""
+        self._estimated = True
+        epochs = self.config.epochs - epoch
+        total = seconds_per_step * steps_per_epoch * epochs
+        hint = " (fewer train.epochs, a smaller model or device=cuda shorten it)" if total > 15 * 60 else ""
+        self.log(
+            f"{self.config.name}: about {_duration(total)} of training for {epochs} epoch(s) on {self.device} "
+            f"({seconds_per_step:.2f} s/step x {steps_per_epoch} steps/epoch, validation not counted){hint}"
+        )
 
     # ---------------------------------------------------------------- the stage
     def fit(
@@ -348,6 +367,14 @@ class Trainer:
             if self.on_epoch is not None:
                 self.on_epoch(record)
         return StageResult(cfg.name, history, best_rsum, best_epoch, self.store.folder)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _plain(value: Any) -> Any:

@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.parquet as pq
 
+from storage.errors import InputError
 from webvse_world.web import LICENSES, PHOTOS_FILE
 
 MAX_PER_PAGE = 500
@@ -50,7 +51,7 @@ IMAGE_PATH = re.compile(r"^/(\w+)/(\w+?)_([0-9a-f]+)_([a-z])\.jpg$")
 _OAUTH_KEY = re.compile(r'oauth_consumer_key="([^"]*)"')
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """The corpus folder is missing or malformed."""
 
 
@@ -71,7 +72,7 @@ class Faults:
     def __post_init__(self) -> None:
         rates = (self.error_rate, self.throttle_rate, self.slow_rate, self.truncated_json_rate, self.truncated_image_rate)
         if any(not 0 <= r <= 1 for r in rates) or sum(rates) > 1:
-            raise ValueError(f"fault rates must lie in [0, 1] and sum to at most 1, got {rates}")
+            raise InputError(f"fault rates must lie in [0, 1] and sum to at most 1, got {rates}")
 
 
 def flickr_clean_tag(tag: str) -> str:
@@ -157,7 +158,7 @@ class FlickrServer:
         access_log: bool = False,
     ) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(f"the offline Flickr server binds to the loopback interface only, not {host!r}")
+            raise InputError(f"the offline Flickr server binds to the loopback interface only, not {host!r}")
         self.corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
         self.api_keys, self.faults, self.access_log = frozenset(api_keys), faults, access_log
         self.dice = FaultDice(faults.seed)

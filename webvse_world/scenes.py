@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from storage.errors import InputError
 from webvse_world.concepts import BACKGROUNDS, COLOURS, COUNT_WORDS, OBJECTS, RELATIONS, SIZES, ObjectConcept
 
 IMAGE_SIZE = 256
@@ -136,7 +137,7 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         return [(cx - r, cy - r / 3), (cx + r, cy - r / 3), (cx + r, cy + r / 3), (cx - r, cy + r / 3)]
     if shape == "half":
         return [(cx + r * math.cos(t), cy + r * 0.2 + r * 0.8 * math.sin(t)) for t in np.linspace(0, math.pi, 12)] + [(cx - r, cy)]
-    raise ValueError(f"unknown shape {shape!r}")
+    raise InputError(f"unknown shape {shape!r}")
 
 
 def _draw_object(draw: ImageDraw.ImageDraw, obj: ObjectConcept, rgb: tuple[int, int, int], cx: float, cy: float, r: float, angle: float) -> None:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from storage.atomic import atomic_write_text
+from storage.errors import InputError, MissingInputError
 from webvse_model.text import tokenize
 
 
@@ -23,12 +24,12 @@ def read_flickr8k_captions(csv_path: str | Path) -> dict[str, list[str]]:
     """``{image file name: [captions]}`` in file order."""
     source = Path(csv_path)
     if not source.is_file():
-        raise FileNotFoundError(f"Flickr8k caption file {source} does not exist")
+        raise MissingInputError(f"Flickr8k caption file {source} does not exist")
     captions: dict[str, list[str]] = defaultdict(list)
     with open(source, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or not {"image", "caption"} <= set(reader.fieldnames):
-            raise ValueError(f"{source} must have an 'image,caption' header (Kaggle's Flickr8k format)")
+            raise InputError(f"{source} must have an 'image,caption' header (Kaggle's Flickr8k format)")
         for row in reader:
             captions[row["image"].strip()].append(row["caption"].strip())
     return dict(captions)
@@ -47,10 +48,10 @@ def flickr8k_to_karpathy(csv_path: str | Path, image_dir: str | Path, out_json: 
     captions = read_flickr8k_captions(csv_path)
     present = {name: caps for name, caps in captions.items() if (folder / name).is_file()}
     if not present:
-        raise FileNotFoundError(f"none of the images of {csv_path} is in {folder}")
+        raise MissingInputError(f"none of the images of {csv_path} is in {folder}")
     odd = [name for name, caps in present.items() if len(caps) != captions_per_image]
     if odd:
-        raise ValueError(f"{len(odd)} images do not have exactly {captions_per_image} captions (first: {odd[0]})")
+        raise InputError(f"{len(odd)} images do not have exactly {captions_per_image} captions (first: {odd[0]})")
     splits = split_of(list(present))
     images = [
         {"filename": name, "imgid": i, "split": splits[name],

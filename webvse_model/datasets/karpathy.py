@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.errors import InputError, MissingInputError
+
 SPLITS = ("train", "val", "test", "restval")
 
 
@@ -40,23 +42,23 @@ def read_karpathy(json_path: str | Path, image_root: str | Path | None = None, u
     """Parse a Karpathy split file; images resolve under ``image_root`` (default: its folder)."""
     source = Path(json_path)
     if not source.is_file():
-        raise FileNotFoundError(f"Karpathy split file {source} does not exist")
+        raise MissingInputError(f"Karpathy split file {source} does not exist")
     try:
         data = json.loads(source.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{source} is not valid JSON: {exc}") from exc
+        raise InputError(f"{source} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{source} has no 'images' list: not a Karpathy split file")
+        raise InputError(f"{source} has no 'images' list: not a Karpathy split file")
     root = Path(image_root) if image_root is not None else source.parent
     records: list[ImageRecord] = []
     empty = 0
     for index, entry in enumerate(data["images"]):
         where = f"{source}: images[{index}]"
         if not isinstance(entry, dict) or "filename" not in entry or "sentences" not in entry:
-            raise ValueError(f"{where} needs 'filename' and 'sentences'")
+            raise InputError(f"{where} needs 'filename' and 'sentences'")
         split = entry.get("split")
         if split not in SPLITS:
-            raise ValueError(f"{where} has split {split!r}; expected one of {SPLITS}")
+            raise InputError(f"{where} has split {split!r}; expected one of {SPLITS}")
         if split == "restval" and use_restval:
             split = "train"
         captions, tokens = [], []

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.atomic import atomic_write, atomic_write_text
+from storage.errors import InputError, MissingInputError
 
 
 @dataclass
@@ -43,21 +44,21 @@ def _load_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable .npy array: {exc}") from exc
+        raise InputError(f"{path} is not a readable .npy array: {exc}") from exc
 
 
 def read_precomp_split(folder: str | Path, split: str, captions_per_image: int = 5) -> PrecompSplit:
     """Read ``{split}_ims.npy`` + ``{split}_caps.txt`` (+ ``{split}_tags.npy``)."""
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"precomp folder {root} does not exist")
+        raise MissingInputError(f"precomp folder {root} does not exist")
     ims_path, caps_path, tags_path = root / f"{split}_ims.npy", root / f"{split}_caps.txt", root / f"{split}_tags.npy"
     for required in (ims_path, caps_path):
         if not required.is_file():
-            raise FileNotFoundError(f"precomp split '{split}' needs {required}, which does not exist")
+            raise MissingInputError(f"precomp split '{split}' needs {required}, which does not exist")
     features = _load_array(ims_path)
     if features.ndim != 2:
-        raise ValueError(f"{ims_path} must be a [rows, dim] matrix, got shape {features.shape}")
+        raise InputError(f"{ims_path} must be a [rows, dim] matrix, got shape {features.shape}")
     captions = caps_path.read_text(encoding="utf-8").splitlines()
     k = captions_per_image
     if len(captions) == k * len(features):
@@ -65,7 +66,7 @@ def read_precomp_split(folder: str | Path, split: str, captions_per_image: int =
     elif len(captions) == len(features) and len(features) % k == 0:
         features = features[::k]
     else:
-        raise ValueError(
+        raise InputError(
             f"{caps_path} has {len(captions)} captions for {len(features)} rows in {ims_path}: "
             f"expected {k} captions per row or one row per caption ({k} per image)"
         )
@@ -73,7 +74,7 @@ def read_precomp_split(folder: str | Path, split: str, captions_per_image: int =
     if tags_path.is_file():
         tags = _load_array(tags_path)
         if tags.ndim != 2 or len(tags) != len(features):
-            raise ValueError(f"{tags_path} must hold one tag vector per image ({len(features)}), got shape {tags.shape}")
+            raise InputError(f"{tags_path} must hold one tag vector per image ({len(features)}), got shape {tags.shape}")
     return PrecompSplit(split, np.asarray(features, dtype=np.float32), captions, k, tags)
 
 
@@ -86,7 +87,7 @@ def read_precomp_web(folder: str | Path) -> PrecompWeb | None:
         return None
     if not all(present):
         missing = [n for n, p in zip(names, present) if not p]
-        raise FileNotFoundError(f"{root} has web pairs but lacks {missing}")
+        raise MissingInputError(f"{root} has web pairs but lacks {missing}")
     return PrecompWeb(*(_load_array(root / n) for n in names))
 
 
