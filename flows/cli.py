@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--slow-seconds", type=float, default=0.5)
     server.add_argument("--truncated-json-rate", type=float, default=0.0)
     server.add_argument("--truncated-image-rate", type=float, default=0.0)
+    server.add_argument("--unavailable-rate", type=float, default=0.0, help="share of API answers stat=fail code 105 (temporary)")
     server.add_argument("--fault-seed", type=int, default=0)
     server.add_argument("--access-log", action="store_true", help="print each request's method and path (never the query)")
 
@@ -361,7 +362,8 @@ def cmd_world(args: argparse.Namespace) -> None:
 def cmd_flickr_server(args: argparse.Namespace) -> None:
     faults = Faults(
         error_rate=args.error_rate, throttle_rate=args.throttle_rate, slow_rate=args.slow_rate, slow_seconds=args.slow_seconds,
-        truncated_json_rate=args.truncated_json_rate, truncated_image_rate=args.truncated_image_rate, seed=args.fault_seed,
+        truncated_json_rate=args.truncated_json_rate, truncated_image_rate=args.truncated_image_rate,
+        unavailable_rate=args.unavailable_rate, seed=args.fault_seed,
     )  # fmt: skip
     serve_corpus(args.corpus, args.port, faults, args.access_log)
 

@@ -20,6 +20,19 @@ DATA_ROOT_ENV = "WEBVSE_DATA_ROOT"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+STATE_DIR_ENV = "WEBVSE_STATE_DIR"
+
+
+def user_state_dir() -> Path:
+    """Per-user state shared by every data root of this machine's user (e.g. the hourly Flickr
+    call budget of an API key, which Flickr counts per key, not per data root):
+    ``$WEBVSE_STATE_DIR``, else ``$XDG_STATE_HOME/webvse``, else ``~/.local/state/webvse``."""
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "webvse"
+
+
 def _checked_name(kind: str, name: str) -> str:
     """Refuse names that could escape the data root (``..``, slashes, empties)."""
     if not _SAFE_NAME.match(name) or name in {".", ".."}:
@@ -80,6 +93,11 @@ class DataRoot:
     @property
     def web_photos(self) -> Path:
         return self.web_dir / "photos.parquet"
+
+    @property
+    def crawl_lock(self) -> Path:
+        """Held by the one crawl that may write ``web/`` at a time."""
+        return self.web_dir / ".crawl.lock"
 
     @property
     def crawl_progress(self) -> Path:

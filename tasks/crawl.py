@@ -35,14 +35,15 @@ from prefect.blocks.system import Secret
 from prefect.concurrency.sync import rate_limit
 
 from storage.errors import InputError
-from storage.layout import DataRoot
+from storage.layout import DataRoot, user_state_dir
+from storage.locks import exclusive
 from storage.tables import KEYWORDS, read_table
 from tasks.crawl_state import CrawlState
 from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
 from tasks.flickr_client import FLICKR_REST_URL, OFFLINE_KEY, Credentials, FlickrClient, RetryPolicy
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import CrawlSettings
-from tasks.web_tags import english_tags, english_vocabulary
+from tasks.web_tags import english_lexicon, english_tag_count, english_tags
 from webvse_world.flickr_server import FlickrServer
 
 RESULT_CAP = 4000
@@ -61,6 +62,7 @@ class CrawlConfig:
     sort: str = "relevance"
     licenses: tuple[int, ...] = CC_LICENSES
     min_english_tags: int = 2
+    english: str = "wordfreq"  # what makes a tag English: wordfreq's common words, or "captions" (the clean vocabulary)
     max_per_owner: int = 5
     first_tags: int = 5
     size: str = "url_m"
@@ -96,17 +98,26 @@ class Crawler:
             config.calls_per_hour,
             config.retry,
             log,
-            rate_state_dir=root.web_dir,
+            # Flickr counts its 3,600 calls/hour per key: one budget for every data root of this user. The
+            # offline demo key only ever reaches a local server: its budget stays with the data root.
+            rate_state_dir=root.web_dir if credentials.key == OFFLINE_KEY else user_state_dir(),
             before_call=before_call,
         )
         self.state = CrawlState(root, config.first_tags)
-        self.vocabulary = english_vocabulary(root)
+        self.vocabulary = english_lexicon(root, config.english)
         self.session = requests.Session()
         self.extras = f"tags,owner_name,license,date_upload,{config.size}"
+        self.malformed_without_id = 0
+        self.unreachable: Counter[str] = Counter()
 
     # ---------------------------------------------------------------- decisions
     def _decide(self, photo: dict[str, Any], keyword: str, rank: int) -> dict[str, Any] | None:
-        """A new row for an unseen photo (status kept or rejected:...); None if already seen."""
+        """A new row for an unseen photo (status kept or rejected:...); None if already seen.
+
+        A record Flickr sent without the fields the rules need (no owner, a licence that is
+        not a number) is rejected as ``rejected:malformed``, never fatal: the page is
+        committed, so a resume does not meet the same record again.
+        """
         cfg, state = self.config, self.state
         seen = state.rows.get(photo["id"])
         if seen is not None:
@@ -114,50 +125,96 @@ class Crawler:
                 seen["keywords"].append(keyword)
                 state.record(seen)
             return None
-        tags = photo.get("tags", "").split()
+        tags = str(photo.get("tags") or "").split()
         english = english_tags(tags, self.vocabulary)
-        license_id = int(photo.get("license", -1))
-        if license_id not in cfg.licenses:
+        owner = str(photo.get("owner") or "")
+        license_id = _int_or(photo.get("license"), -1)
+        if not owner or license_id == -1:
+            status = "rejected:malformed"
+        elif license_id not in cfg.licenses:
             status = "rejected:license"
-        elif len(english) < cfg.min_english_tags:
+        elif english_tag_count(tags, self.vocabulary) < cfg.min_english_tags:
             status = "rejected:few_english_tags"
-        elif state.owner_kept[photo["owner"]] >= cfg.max_per_owner:
+        elif state.owner_kept[owner] >= cfg.max_per_owner:
             status = "rejected:owner_limit"
         elif tuple(tags[: cfg.first_tags]) in state.first_kept:
             status = "rejected:same_first_tags"
         else:
             status = "kept"
         row = {
-            "photo_id": photo["id"], "owner": photo["owner"], "keyword": keyword, "keyword_rank": rank, "keywords": [keyword],
-            "tags": tags, "english_tags": english, "title": photo.get("title", ""), "license": license_id,
-            "url": photo.get(self.config.size, ""), "path": "", "sha256": "", "width": 0, "height": 0, "status": status,
+            "photo_id": photo["id"], "owner": owner, "keyword": keyword, "keyword_rank": rank, "keywords": [keyword],
+            "tags": tags, "english_tags": english, "title": str(photo.get("title") or ""), "license": license_id,
+            "url": str(photo.get(self.config.size) or ""), "path": "", "sha256": "", "width": 0, "height": 0, "status": status,
             "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }  # fmt: skip
         if status == "kept":
-            state.count_kept(row)
+            state.count_kept(row)  # tentatively: undone if its download fails (see _decide_page)
         return row
 
-    def _download(self, row: dict[str, Any]) -> None:
+    def _download(self, row: dict[str, Any]) -> str | None:
+        """Store the photo; the reason it could not be stored otherwise (the row is then ``failed_download``)."""
         try:
             got = download_image(self.session, row["url"], self.root, self.config.download)
         except DownloadRefused as refused:
             row["status"] = "failed_download"
-            self.log(f"crawl: photo {row['photo_id']}: {refused}")
-            return
+            return f"photo {row['photo_id']}: {refused}"
         row.update(path=got.path, sha256=got.sha256, width=got.width, height=got.height)
+        return None
+
+    def _decide_page(self, photos: list[dict[str, Any]], keyword: str, rank: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """Decide a page's photos and download the kept ones; returns the rows and the download problems.
+
+        Only a photo actually stored takes a place in the keyword's quota, an owner's 5 slots
+        and the first-5-tags keys: when downloads fail, those rows become ``failed_download``,
+        their places are given back, and the photos of the page decided after them (perhaps
+        rejected because of them, or never reached because the quota looked full) are decided
+        again, until a round's downloads all succeed.
+        """
+        cfg, state = self.config, self.state
+        final: dict[str, dict[str, Any]] = {}
+        problems: list[str] = []
+        order = {str(photo.get("id")): i for i, photo in enumerate(photos)}
+        while True:
+            rows = []
+            for photo in photos:
+                if state.kept_for[keyword] >= cfg.per_keyword:
+                    break
+                if "id" not in photo or not str(photo["id"]):
+                    self.malformed_without_id += 1  # nothing to record it under: counted in the summary
+                    continue
+                if str(photo["id"]) in final:
+                    continue
+                row = self._decide({**photo, "id": str(photo["id"])}, keyword, rank)
+                if row is not None:
+                    rows.append(row)
+            kept = [r for r in rows if r["status"] == "kept"]
+            with ThreadPoolExecutor(max(1, cfg.download_workers)) as pool:
+                problems += [p for p in pool.map(self._download, kept) if p]
+            failed = [r for r in kept if r["status"] == "failed_download"]
+            for row in kept:  # stored photos keep their places; failed ones give theirs back
+                if row["status"] == "failed_download":
+                    state.uncount_kept(row)
+                final[row["photo_id"]] = row
+            if not failed:
+                final.update((row["photo_id"], row) for row in rows)
+                return sorted(final.values(), key=lambda r: order[r["photo_id"]]), problems
+            # the rejections of this round may be due to the failed photos: they are decided again
 
     # ---------------------------------------------------------------- searching
     def _window(self, keyword: str, rank: int, lo: int, hi: int, depth: int = 0) -> bool:
         """Search one date window; True if the keyword reached its target.
 
-        The full range is paged up to the cap; a sub-window that still holds more than
-        the cap is split after its first page instead of paging through known photos.
+        The full range is paged up to the cap; a sub-window that still holds more than the
+        cap is split after its first page instead of paging through known photos, down to
+        one-second windows. Results beyond the cap of a one-second window cannot be reached
+        by any query: they are counted (``unreachable``) and reported, never silently dropped.
         """
         cfg, state = self.config, self.state
         key = (keyword, lo, hi)
         saved = state.progress.get(key)
         page, capped = (int(saved["pages_done"]) if saved else 0) + 1, bool(saved and saved["split"])
         finished = bool(saved and saved["done"])
+        splittable, total = hi > lo, 0
         while not finished and state.kept_for[keyword] < cfg.per_keyword:
             if (page - 1) * cfg.per_page >= RESULT_CAP:
                 capped = True
@@ -165,29 +222,28 @@ class Crawler:
             params = {cfg.search_field: keyword, "per_page": cfg.per_page, "page": page, "sort": cfg.sort, "extras": self.extras,
                       "license": ",".join(map(str, cfg.licenses)), "min_upload_date": lo, "max_upload_date": hi}  # fmt: skip
             result = self.client.search(**params)
-            new_rows = []
-            for photo in result["photo"]:
-                if state.kept_for[keyword] >= cfg.per_keyword:
-                    break
-                row = self._decide(photo, keyword, rank)
-                if row is not None:
-                    new_rows.append(row)
-            kept = [r for r in new_rows if r["status"] == "kept"]
-            with ThreadPoolExecutor(max(1, cfg.download_workers)) as pool:
-                list(pool.map(self._download, kept))
+            total = result["total"]
+            new_rows, problems = self._decide_page(result["photo"], keyword, rank)
             for row in new_rows:
                 state.record(row)
             last = page >= result["pages"] or not result["photo"]
             # a sub-window still over the cap is split after its first page, not paged through
-            capped = capped or (not last and (depth > 0 or page * cfg.per_page >= RESULT_CAP) and result["total"] > RESULT_CAP)
+            capped = capped or (not last and splittable and (depth > 0 or page * cfg.per_page >= RESULT_CAP) and total > RESULT_CAP)
             finished = last or capped or state.kept_for[keyword] >= cfg.per_keyword
             state.commit(key, page, finished, capped, self.client.calls)
-            self.log(f"crawl: '{keyword}' page {page}/{result['pages']} (window {lo}..{hi}): {len(kept)} kept, "
-                     f"{state.kept_for[keyword]}/{cfg.per_keyword} for the keyword")  # fmt: skip
+            stored = sum(r["status"] == "kept" for r in new_rows)
+            failed = sum(r["status"] == "failed_download" for r in new_rows)
+            self.log(f"crawl: '{keyword}' page {page}/{result['pages']} (window {lo}..{hi}): {stored} stored"
+                     + (f", {failed} failed to download ({'; '.join(problems[:3])})" if failed else "")
+                     + f"; {state.kept_for[keyword]}/{cfg.per_keyword} for the keyword")  # fmt: skip
             page += 1
-        if capped and state.kept_for[keyword] < cfg.per_keyword and hi - lo > DAY:
+        if capped and state.kept_for[keyword] < cfg.per_keyword and splittable:
             mid = (lo + hi) // 2
             return self._window(keyword, rank, mid + 1, hi, depth + 1) or self._window(keyword, rank, lo, mid, depth + 1)
+        if capped and not splittable and total > RESULT_CAP and state.kept_for[keyword] < cfg.per_keyword:
+            self.unreachable[keyword] += total - RESULT_CAP
+            self.log(f"crawl: '{keyword}': {total - RESULT_CAP} results uploaded in the same second ({lo}) lie beyond Flickr's "
+                     f"{RESULT_CAP}-result cap and cannot be reached by any query")  # fmt: skip
         return state.kept_for[keyword] >= cfg.per_keyword
 
     def run(self) -> dict[str, Any]:
@@ -209,11 +265,21 @@ class Crawler:
             "kept": kept, "statuses": dict(statuses), "api_calls": self.client.calls - calls_before,
             "seconds": seconds, "orphans_removed": removed,
             "found_by_several_keywords": sum(len(r["keywords"]) > 1 for r in state.rows.values()),
+            "malformed_without_id": self.malformed_without_id, "unreachable": dict(self.unreachable),
         }  # fmt: skip
         self.log(
             f"crawl: {kept} photos kept; decisions by status {dict(statuses)}; {summary['api_calls']} API calls in {seconds:.1f}s"
+            + (f"; {self.malformed_without_id} results without a photo id skipped" if self.malformed_without_id else "")
+            + (f"; unreachable beyond the result cap: {dict(self.unreachable)}" if self.unreachable else "")
         )
         return summary
+
+
+def _int_or(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 def remove_orphans(root: DataRoot, state: CrawlState) -> int:
@@ -222,7 +288,7 @@ def remove_orphans(root: DataRoot, state: CrawlState) -> int:
     removed = 0
     if root.web_images_dir.is_dir():
         for path in root.web_images_dir.rglob("*"):
-            if path.is_file() and (path.name.endswith(".tmp") or path.stem not in referenced):
+            if path.is_file() and path.stem not in referenced:
                 path.unlink()
                 removed += 1
     return removed
@@ -235,8 +301,26 @@ def run_crawl(
     log: Callable[[str], None] = print,
     before_call: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Crawl (or continue crawling) into ``web/``; credentials default to the environment."""
-    return Crawler(root, config, credentials or Credentials.from_environment(config.api_url), log, before_call).run()
+    """Crawl (or continue crawling) into ``web/``; credentials default to the environment.
+
+    One crawl per data root at a time (a second one is told who holds it); temporary files
+    left by a killed crawl are swept before its state is read back.
+    """
+    credentials = credentials or Credentials.from_environment(config.api_url)
+    with exclusive(root.crawl_lock, f"the crawl of {root.root}"):
+        swept = sweep_temporary_files(root.web_dir)
+        if swept:
+            log(f"crawl: removed {swept} temporary file(s) left by an interrupted write")
+        return Crawler(root, config, credentials, log, before_call).run()
+
+
+def sweep_temporary_files(folder: Path) -> int:
+    """Delete the ``.*.tmp`` files of atomic writes cut short by a kill (never committed data)."""
+    removed = 0
+    for path in folder.rglob(".*.tmp") if folder.is_dir() else ():
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def crawl_local(root: DataRoot, corpus: str, log: Callable[[str], None] = print, **settings: Any) -> dict[str, Any]:
@@ -279,7 +363,7 @@ def crawl_step(root: str, settings: CrawlSettings, corpus: str | None) -> dict[s
     data_root, log = DataRoot.resolve(root), step_logger()
     options = dict(
         per_keyword=settings.per_keyword, per_page=settings.per_page, max_keywords=settings.max_keywords,
-        calls_per_hour=settings.calls_per_hour, download_workers=settings.download_workers,
+        calls_per_hour=settings.calls_per_hour, download_workers=settings.download_workers, english=settings.english,
         retry=RetryPolicy(attempts=settings.request_attempts), download=DownloadPolicy(attempts=settings.request_attempts),
     )  # fmt: skip
     if corpus is not None:

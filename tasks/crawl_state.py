@@ -40,8 +40,8 @@ class CrawlState:
         self.owner_kept: Counter[str] = Counter()
         self.first_kept: set[tuple[str, ...]] = set()
         self.kept_for: Counter[str] = Counter()
-        for row in self.rows.values():  # replay: the filters' counters follow from the decisions
-            if row["status"] in ("kept", "failed_download"):
+        for row in self.rows.values():  # replay: the filters' counters follow from the stored photos
+            if row["status"] == "kept":
                 self.count_kept(row)
         progress = _read_or_empty(root.crawl_progress, CRAWL_PROGRESS)
         self.progress = {(r["keyword"], int(r["window_start"]), int(r["window_end"])): r for r in progress.to_dict("records")}
@@ -50,6 +50,12 @@ class CrawlState:
         self.owner_kept[row["owner"]] += 1
         self.first_kept.add(tuple(row["tags"][: self.first_tags]))
         self.kept_for[row["keyword"]] += 1
+
+    def uncount_kept(self, row: dict[str, Any]) -> None:
+        """A photo chosen for keeping whose download failed: it takes no quota, owner slot or tag key."""
+        self.owner_kept[row["owner"]] -= 1
+        self.first_kept.discard(tuple(row["tags"][: self.first_tags]))
+        self.kept_for[row["keyword"]] -= 1
 
     def record(self, row: dict[str, Any]) -> None:
         """A new decision, or a change to a known one (call after changing it): written at the next commit."""

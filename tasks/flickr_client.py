@@ -8,7 +8,10 @@ to ``api_url`` (the real Flickr by default; the local server in tests and the de
 * **Retries**: 5xx, 429, timeouts, connection errors and unparseable (truncated) JSON are
   retried with exponential backoff and jitter; a 429's ``Retry-After`` is honoured
   (flickrapi drops response headers, so a requests response hook captures it).
-* **Bad key**: Flickr code 100 stops at once with :class:`BadApiKey`.
+* **Flickr's error answers** (``stat=fail``) are classified by :data:`FLICKR_ERROR_CODES`:
+  temporary ones (105 "service currently unavailable", 106, 10) are retried like a 503;
+  permanent ones stop at once with one clear line (:class:`FlickrRefused`; code 100, a bad
+  key, as :class:`BadApiKey`).
 * **Secrets**: the key and secret live only inside the flickrapi object; nothing here
   formats them into a message, and ``repr`` hides them.
 """
@@ -44,6 +47,44 @@ class BadApiKey(WebvseError, RuntimeError):
 
 class FlickrUnavailable(TransientError, RuntimeError):
     """A call kept failing after every retry."""
+
+
+class FlickrRefused(WebvseError, RuntimeError):
+    """Flickr answered ``stat=fail`` with a code that retrying cannot change."""
+
+
+# Flickr's error codes (https://www.flickr.com/services/api/flickr.photos.search.html and the
+# API's common errors): True = temporary, retried with backoff; False = permanent, one clear
+# error at once. A code not listed is treated as permanent: retrying an unknown refusal for
+# hours is worse than stopping with its message.
+FLICKR_ERROR_CODES: dict[int, tuple[bool, str]] = {
+    1: (False, "too many tags in an ALL query"),
+    2: (False, "unknown user"),
+    3: (False, "parameterless searches are disabled"),
+    4: (False, "no permission to view this pool"),
+    10: (True, "the search API is not available right now"),
+    11: (False, "no valid machine tags"),
+    12: (False, "too many machine tags"),
+    17: (False, "can only search within your own contacts"),
+    18: (False, "illogical arguments"),
+    95: (False, "SSL is required"),
+    96: (False, "invalid signature"),
+    97: (False, "missing signature"),
+    98: (False, "login failed / invalid auth token"),
+    99: (False, "user not logged in / insufficient permissions"),
+    100: (False, "invalid API key"),
+    105: (True, "service currently unavailable"),
+    106: (True, "write operation failed (a temporary fault on Flickr's side)"),
+    111: (False, "format not found"),
+    112: (False, "method not found"),
+    114: (False, "invalid SOAP envelope"),
+    115: (False, "invalid XML-RPC method call"),
+    116: (False, "bad URL found"),
+}
+
+
+def flickr_error_is_temporary(code: int) -> bool:
+    return FLICKR_ERROR_CODES.get(code, (False, ""))[0]
 
 
 @dataclass(frozen=True)
@@ -179,9 +220,10 @@ class FlickrClient:
             except flickrapi.FlickrError as err:
                 if err.code == 100:
                     raise BadApiKey("Flickr refused the API key (code 100: invalid key); check FLICKR_API_KEY") from None
-                if err.code is not None:  # a Flickr answer, not a transport failure: do not retry
-                    raise
-                last_problem = str(err)  # 'Status code 503 received' and the like
+                if err.code is not None and not flickr_error_is_temporary(err.code):
+                    meaning = FLICKR_ERROR_CODES.get(err.code, (False, "an error code webvse does not know"))[1]
+                    raise FlickrRefused(f"Flickr refused {method} with code {err.code} ({meaning}): {err}") from None
+                last_problem = str(err)  # 'Status code 503 received', 'Error: 105: Service currently unavailable', ...
             except (requests.RequestException, ValueError) as err:  # timeouts, resets, truncated JSON
                 last_problem = type(err).__name__
             wait = self.retry.delay(attempt, getattr(self._retry_after, "value", None), self._rng)

@@ -65,6 +65,9 @@ class CrawlSettings(Section):
     max_keywords: int | None = Field(None, ge=1)
     calls_per_hour: int = Field(3600, ge=1)
     download_workers: int = Field(4, ge=1)
+    english: Literal["wordfreq", "captions"] = Field(
+        "wordfreq", description="what makes a tag English: a common English word (wordfreq) or a word of the clean captions"
+    )
     request_attempts: int = Field(8, ge=1, description="attempts per API call / download before the task fails")
     key_block: str = Field("flickr-api-key", description="Prefect Secret block with the API key (else $FLICKR_API_KEY)")
     secret_block: str = Field("flickr-api-secret", description="Prefect Secret block with the API secret")

@@ -7,18 +7,32 @@ module is that decision, so the crawl and the tag features agree on it.
   years, and camera/brand/filler noise (a fixed list). Split ``CamelCase`` tags
   (``RedDog`` -> ``red dog``) and joined lower-case words (``reddog``) *only where safe*:
   when every part is a known English word of >= 3 letters and the split is unique.
-* **English**: a tag is English when its context-free lemma (``lemminflect``: noun, then
-  verb) is in the known vocabulary: the lemmas of the clean captions plus, when given,
-  the word-vector vocabulary. Tags in other scripts are never English; Latin-script
-  foreign words (``perro``) are not, because they are in neither vocabulary.
+* **English** (``crawl.english``):
+  - ``wordfreq`` (default): a word (as written) is English by ``wordfreq``'s word lists
+    (shipped inside its wheel; offline) when its English Zipf frequency is >= 4.0 (10 per
+    million words: ``sea``, ``hat``, ``door``, though Spanish, German and Dutch use them
+    more), or >= 2.0 (once per 10 million: ``serendipity`` 2.7, ``quixotic`` 2.3) and no
+    other big language of Flickr tags (es, it, fr, de, pt, nl) uses it 10x more (Zipf + 1.0).
+    So ``cielo`` (en 2.4, it 5.0), ``playa`` (en 3.2, es 4.7), ``casa`` (en 3.5, pt 6.0) and
+    ``perro`` (en 2.0) are not English. ``benchmarks/english_rule_report.py`` reports both
+    rules on the real MIRFLICKR tags.
+  - ``captions``: the word's context-free lemma (``lemminflect``: noun, then verb) is in
+    the clean captions' vocabulary plus the word-vector vocabulary (the rule before
+    wordfreq; real English words the captions never use count zero).
+  Tags in other scripts are never English.
+* **Counting**: a tag counts once however it is written: ``cat`` and ``cats`` are one
+  English tag, and a joined tag (``bluesky``) split into ``blue`` + ``sky`` for the word
+  vectors is still one tag for the paper's >= 2 rule (:func:`english_tag_count`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 
-from storage.errors import MissingInputError
+from wordfreq import zipf_frequency
+
+from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, read_table
 from tasks.keywords import group_key
@@ -33,17 +47,50 @@ NOISE_TAGS: frozenset[str] = frozenset(
 _CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
 
 
-def _known(word: str, vocabulary: frozenset[str] | set[str]) -> bool:
+class WordfreqEnglish:
+    """A container of the common English words, by wordfreq (see the module doc for the rule)."""
+
+    COMMON_ZIPF = 4.0  # >= 10 per million English words: English, whatever else it also is (sea, hat, door)
+    MIN_ZIPF = 2.0  # >= 1 per 10 million: English unless another language uses it far more (cielo, playa)
+    MARGIN = 1.0
+    OTHER_LANGUAGES = ("es", "it", "fr", "de", "pt", "nl")
+
+    def common(self, word: str) -> bool:
+        """A common English word: only such words may be the parts of a joined tag (``bluesky``),
+        else rare fragments split anything (``hosres`` -> ``hos`` + ``res``)."""
+        return zipf_frequency(word, "en") >= self.COMMON_ZIPF
+
+    def __contains__(self, word: object) -> bool:
+        if not isinstance(word, str) or not word.isalpha():
+            return False
+        english = zipf_frequency(word, "en")
+        if english >= self.COMMON_ZIPF:
+            return True
+        return english >= self.MIN_ZIPF and all(english + self.MARGIN > zipf_frequency(word, other) for other in self.OTHER_LANGUAGES)
+
+
+ENGLISH_RULES = ("wordfreq", "captions")
+Lexicon = Container[str]
+
+
+def _known(word: str, vocabulary: Lexicon) -> bool:
+    """wordfreq's lists hold inflected forms: they judge the word as written (a context-free
+    lemmatiser turns ``umbrella`` into ``umbrellum``); a captions vocabulary holds grouped lemmas."""
+    if isinstance(vocabulary, WordfreqEnglish):
+        return len(word) >= 3 and word in vocabulary
     return len(word) >= 3 and group_key(lemma_of_tag(word)) in vocabulary
 
 
-def _split_joined(word: str, vocabulary: frozenset[str] | set[str]) -> list[str] | None:
+def _split_joined(word: str, vocabulary: Lexicon) -> list[str] | None:
     """``reddog`` -> ``[red, dog]`` when exactly one split into two known words exists."""
-    splits = [(word[:i], word[i:]) for i in range(3, len(word) - 2) if _known(word[:i], vocabulary) and _known(word[i:], vocabulary)]
+    def part(piece: str) -> bool:
+        return vocabulary.common(piece) if isinstance(vocabulary, WordfreqEnglish) else _known(piece, vocabulary)
+
+    splits = [(word[:i], word[i:]) for i in range(3, len(word) - 2) if part(word[:i]) and part(word[i:])]
     return list(splits[0]) if len(splits) == 1 else None
 
 
-def normalise_tag(raw: str, vocabulary: frozenset[str] | set[str]) -> list[str]:
+def normalise_tag(raw: str, vocabulary: Lexicon) -> list[str]:
     """Zero or more clean words for one raw tag (empty: noise)."""
     tag = raw.strip()
     if not tag or (":" in tag and "=" in tag):
@@ -62,15 +109,35 @@ def normalise_tag(raw: str, vocabulary: frozenset[str] | set[str]) -> list[str]:
     return [word]
 
 
-def is_english(word: str, vocabulary: frozenset[str] | set[str]) -> bool:
+def is_english(word: str, vocabulary: Lexicon) -> bool:
     """See the module doc: known lemma, Latin letters only."""
     return word.isascii() and word.isalpha() and _known(word, vocabulary) if len(word) >= 3 else word in vocabulary
 
 
-def english_tags(raw_tags: Sequence[str], vocabulary: frozenset[str] | set[str]) -> list[str]:
+def english_tags(raw_tags: Sequence[str], vocabulary: Lexicon) -> list[str]:
     """The photo's English tags as grouped lemmas, deduplicated, in the uploader's order."""
     words = (w for raw in raw_tags for w in normalise_tag(raw, vocabulary))
     return list(dict.fromkeys(group_key(lemma_of_tag(w)) for w in words if is_english(w, vocabulary)))
+
+
+def english_tag_count(raw_tags: Sequence[str], vocabulary: Lexicon) -> int:
+    """How many of the photo's tags are English, each tag counted once however it is written
+    (``cat``/``cats`` once; ``bluesky`` -> ``blue sky`` once)."""
+    keys = set()
+    for raw in raw_tags:
+        words = tuple(group_key(lemma_of_tag(w)) for w in normalise_tag(raw, vocabulary) if is_english(w, vocabulary))
+        if words:
+            keys.add(words)
+    return len(keys)
+
+
+def english_lexicon(root: DataRoot, rule: str = "wordfreq") -> Lexicon:
+    """What counts as English for the crawl: ``wordfreq``'s common English words, or the captions' vocabulary."""
+    if rule == "wordfreq":
+        return WordfreqEnglish()
+    if rule == "captions":
+        return english_vocabulary(root)
+    raise InputError(f"crawl.english must be one of {ENGLISH_RULES}, got {rule!r}")
 
 
 def vocabulary_from(lemma_lists: Iterable[Iterable[str]], extra: Iterable[str] = ()) -> frozenset[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="webvse-prefect-home-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
+# webvse's per-user state (the hourly Flickr budget per key) goes to this run's own folder
+os.environ["WEBVSE_STATE_DIR"] = tempfile.mkdtemp(prefix="webvse-state-")
 
 import pytest
 import torch
@@ -45,3 +47,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         server.stop()
     # The private Prefect home (its SQLite database) is this run's alone: leave no trace in /tmp.
     shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)
+    shutil.rmtree(os.environ["WEBVSE_STATE_DIR"], ignore_errors=True)

@@ -39,10 +39,12 @@ def make_corpus(folder: Path, photos: list[dict[str, object]]) -> Path:
     rows = []
     for n, p in enumerate(photos):
         pid = str(p.get("id", 7_000_000 + n))
-        (folder / "images" / f"{pid}.jpg").write_bytes(_jpeg(n))
+        file = str(p.get("file", f"images/{pid}.jpg"))  # a given file (broken, missing, redirect:URL) is the test's own
+        if "file" not in p:
+            (folder / file).write_bytes(_jpeg(n))
         rows.append({"photo_id": pid, "owner": p.get("owner", f"{n}@N01"), "ownername": "", "title": "",
                      "tags": p["tags"], "license": p.get("license", 4), "date_upload": p.get("date", 1_400_000_000 + n),
-                     "server": "1", "secret": "abc", "width": 16, "height": 12, "file": f"images/{pid}.jpg",
+                     "server": "1", "secret": "abc", "width": 16, "height": 12, "file": file,
                      "depicts": "", "duplicate_of": ""})  # fmt: skip
     write_table(folder / "photos.parquet", pd.DataFrame(rows), FLICKR_CORPUS)
     return folder

@@ -159,3 +159,17 @@ def test_caption_only_images_become_extra_word2vec_documents(tmp_path: Path) -> 
     )
     documents = caption_file_documents(csv, skip_images=["b.jpg"])  # b.jpg is already a clean image
     assert documents == [["dog", "run", "beach", "puppy", "play", "sand"]]
+
+
+def test_the_wordfreq_english_rule_knows_real_english_and_refuses_common_foreign_words() -> None:
+    from tasks.web_tags import WordfreqEnglish, english_tag_count
+
+    english = WordfreqEnglish()
+    for word in ("serendipity", "quixotic", "sea", "dog", "sunset", "horse"):  # outside any caption vocabulary, or shared
+        assert is_english(word, english), word
+    for word in ("cielo", "playa", "perro", "nubes", "rosso", "gente", "犬", "собака"):
+        assert not is_english(word, english), word
+    # a tag counts once however it is written: cat/cats once, a joined tag once
+    assert english_tag_count(["cat", "cats"], english) == 1
+    assert english_tag_count(["bluesky"], english) == 1 and english_tags(["bluesky"], english) == ["blue", "sky"]
+    assert english_tag_count(["bluesky", "serendipity", "cielo"], english) == 2

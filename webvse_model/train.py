@@ -137,7 +137,7 @@ class StageResult:
     checkpoint_dir: Path
 
 
-_ESTIMATE_AFTER_STEPS = 5  # steps timed before the stage's duration is estimated
+_ESTIMATE_AFTER_STEPS = 5  # steps timed (after the first) before the stage's duration is estimated
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -279,7 +279,9 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         started = time.perf_counter()
         for step, rows in enumerate(batches, start=1):
-            if step == _ESTIMATE_AFTER_STEPS + 1 and not self._estimated:
+            if step == 2:  # the first step pays one-off costs (allocations, kernel selection): not timed
+                started = time.perf_counter()
+            if step == _ESTIMATE_AFTER_STEPS + 2 and not self._estimated:
                 self._log_estimate((time.perf_counter() - started) / _ESTIMATE_AFTER_STEPS, len(batches), epoch)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 if isinstance(train, WebPairs):

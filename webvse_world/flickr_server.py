@@ -66,11 +66,12 @@ class Faults:
     slow_seconds: float = 0.5
     truncated_json_rate: float = 0.0
     truncated_image_rate: float = 0.0
+    unavailable_rate: float = 0.0  # API answers ``stat=fail``, code 105 "Service currently unavailable" (HTTP 200)
     string_counts_rate: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        rates = (self.error_rate, self.throttle_rate, self.slow_rate, self.truncated_json_rate, self.truncated_image_rate)
+        rates = (self.error_rate, self.throttle_rate, self.slow_rate, self.truncated_json_rate, self.truncated_image_rate, self.unavailable_rate)
         if any(not 0 <= r <= 1 for r in rates) or sum(rates) > 1:
             raise InputError(f"fault rates must lie in [0, 1] and sum to at most 1, got {rates}")
 
@@ -266,6 +267,8 @@ class FlickrServer:
             "id": photo["photo_id"], "owner": photo["owner"], "secret": photo["secret"], "server": photo["server"],
             "farm": 66, "title": photo["title"], "ispublic": 1, "isfriend": 0, "isfamily": 0,
         }  # fmt: skip
+        if not photo["owner"]:  # a corpus row without an owner becomes a malformed record, as a flaky API sends
+            del out["owner"]
         if "tags" in extras:
             out["tags"] = " ".join(photo["clean_tags"])
         if "owner_name" in extras:
@@ -302,12 +305,12 @@ def _handler_for(server: FlickrServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def _fault(self, request_key: str, truncated_rate: float) -> str | None:
-            """Apply the drawn fault; returns 'truncate' when the answer must be cut."""
+        def _fault(self, request_key: str, truncated_rate: float, unavailable_rate: float = 0.0) -> str | None:
+            """Apply the drawn fault; returns 'truncate' when the answer must be cut, 'unavailable' for a code 105."""
             u = server.dice.draw(request_key)
             edges = [
                 ("error", faults.error_rate), ("throttle", faults.throttle_rate),
-                ("slow", faults.slow_rate), ("truncate", truncated_rate),
+                ("slow", faults.slow_rate), ("truncate", truncated_rate), ("unavailable", unavailable_rate),
             ]  # fmt: skip
             for name, rate in edges:
                 if u < rate:
@@ -328,10 +331,12 @@ def _handler_for(server: FlickrServer) -> type[BaseHTTPRequestHandler]:
             header_key = _OAUTH_KEY.search(self.headers.get("Authorization", ""))
             key = params.get("api_key") or (header_key.group(1) if header_key else None)
             stable = {k: v for k, v in params.items() if not k.startswith("oauth_") and k != "api_key"}
-            fault = self._fault("rest|" + json.dumps(sorted(stable.items())), faults.truncated_json_rate)
+            fault = self._fault("rest|" + json.dumps(sorted(stable.items())), faults.truncated_json_rate, faults.unavailable_rate)
             if fault in ("error", "throttle"):
                 return
             try:
+                if fault == "unavailable":
+                    raise FlickrError(105, "Service currently unavailable")
                 answer = server.call(params, key)
             except FlickrError as err:
                 answer = {"stat": "fail", "code": err.code, "message": err.message}
@@ -349,8 +354,14 @@ def _handler_for(server: FlickrServer) -> type[BaseHTTPRequestHandler]:
             fault = self._fault("image|" + path, faults.truncated_image_rate)
             if fault in ("error", "throttle"):
                 return
-            body = (server.corpus.folder / photo["file"]).read_bytes()
-            self._send(200, body, "image/jpeg", truncate=fault == "truncate")
+            if photo["file"].startswith("redirect:"):  # a corpus may send a photo elsewhere (an allow-list test)
+                self._send(302, b"", "text/plain", {"Location": photo["file"].removeprefix("redirect:")})
+                return
+            file = server.corpus.folder / photo["file"]
+            if not file.is_file():  # a photo whose file is gone: what a deleted Flickr photo answers
+                self._send(404, b"Not Found", "text/plain")
+                return
+            self._send(200, file.read_bytes(), "image/jpeg", truncate=fault == "truncate")
 
         def _dispatch(self, body: str) -> None:
             parts = urlsplit(self.path)
