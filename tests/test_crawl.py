@@ -239,3 +239,24 @@ def test_hourly_rate_limit_is_shared_through_its_file(tmp_path: Path) -> None:
     second.acquire()  # the 4th call within the hour waits until the 1st leaves the window
     assert slept == [pytest.approx(3600 - 30)]
     assert len(state.read_text().split()) == 3
+
+
+def test_the_owner_limit_holds_across_keywords_and_the_first_tags_rule_compares_five(tmp_path: Path) -> None:
+    """Wrong versions: a per-keyword owner count (an owner's photos found by two keywords give 6+),
+    or a first-tags key of 4 tags (two photos differing only in the 5th tag are not twins)."""
+    photos = [{"id": f"d{i}", "owner": "prolific@N01", "tags": ["dog", "red", f"d{i}"]} for i in range(3)]
+    photos += [{"id": f"c{i}", "owner": "prolific@N01", "tags": ["cat", "red", f"c{i}"]} for i in range(3)]
+    photos += [
+        {"id": "fivea", "tags": ["boat", "red", "ball", "beach", "tree", "house"]},
+        {"id": "fiveb", "tags": ["boat", "red", "ball", "beach", "bird", "house"]},  # 5th tag differs: not a twin
+        {"id": "fivec", "tags": ["boat", "red", "ball", "beach", "tree", "car"]},  # same first 5: a twin of fivea
+    ]
+    corpus = make_corpus(tmp_path / "corpus", photos)
+    root = make_root(tmp_path / "root", ["dog", "cat", "boat"])
+    with FlickrServer(corpus) as server:
+        run_crawl(root, CrawlConfig(api_url=server.rest_url, **FAST), Credentials(DEFAULT_KEY, "s"), log=lambda m: None)
+    status = crawled(root)["status"].to_dict()
+    owner_kept = [p["id"] for p in photos[:6] if status[p["id"]] == "kept"]
+    assert len(owner_kept) == 5 and sum(status[p["id"]] == "rejected:owner_limit" for p in photos[:6]) == 1
+    assert status["fiveb"] == "kept"  # shares only its first 4 tags with the others
+    assert sorted([status["fivea"], status["fivec"]]) == ["kept", "rejected:same_first_tags"]  # the newer one is kept

@@ -27,7 +27,7 @@ def _crawl(root: DataRoot, server: FlickrServer, lines: list[str] | None = None,
 
 
 def test_a_malformed_record_is_rejected_with_its_reason_not_fatal_and_a_resume_completes(tmp_path: Path) -> None:
-    photos = [{"id": "good1", "tags": ["dog", "red", "ball"]}, {"id": "no-owner", "owner": "", "tags": ["dog", "red", "boat"]},
+    photos = [{"id": "good1", "tags": ["dog", "red", "ball"]}, {"id": "noowner", "owner": "", "tags": ["dog", "red", "boat"]},
               {"id": "good2", "tags": ["dog", "cat", "tree"]}]  # fmt: skip
     corpus = make_corpus(tmp_path / "corpus", photos)
     root = make_root(tmp_path / "root", ["dog"])
@@ -35,7 +35,7 @@ def test_a_malformed_record_is_rejected_with_its_reason_not_fatal_and_a_resume_c
         summary = _crawl(root, server)
         again = _crawl(root, server)  # the page was committed: a resume does not meet the record again
     status = crawled(root)["status"].to_dict()
-    assert status == {"good1": "kept", "no-owner": "rejected:malformed", "good2": "kept"}
+    assert status == {"good1": "kept", "noowner": "rejected:malformed", "good2": "kept"}
     assert summary["statuses"]["rejected:malformed"] == 1 and again["api_calls"] == 0
 
 
@@ -84,11 +84,11 @@ def test_only_stored_photos_take_quota_owner_slots_and_first_tag_keys(tmp_path: 
     (tmp_path / "corpus" / "images" / "html.jpg").write_bytes(b"<html><body>Photo not found</body></html>")
     (tmp_path / "corpus" / "images" / "empty.jpg").write_bytes(b"")
     broken = [  # the newest: the search ranks them first
-        {"id": "b-html", "tags": ["dog", "ball", "beach", "red", "boat", "z"], "file": "images/html.jpg", "date": DAY_START + 3},
-        {"id": "b-gone", "owner": "flood@N01", "tags": ["dog", "cat", "q1"], "file": "images/missing.jpg", "date": DAY_START + 2},
-        {"id": "b-empty", "tags": ["dog", "cat", "q2"], "file": "images/empty.jpg", "date": DAY_START + 1},
+        {"id": "bhtml", "tags": ["dog", "ball", "beach", "red", "boat", "z"], "file": "images/html.jpg", "date": DAY_START + 3},
+        {"id": "bgone", "owner": "flood@N01", "tags": ["dog", "cat", "q1"], "file": "images/missing.jpg", "date": DAY_START + 2},
+        {"id": "bempty", "tags": ["dog", "cat", "q2"], "file": "images/empty.jpg", "date": DAY_START + 1},
     ]
-    good = [{"id": "twin", "tags": ["dog", "ball", "beach", "red", "boat", "z"]}]  # same first 5 tags as the broken b-html
+    good = [{"id": "twin", "tags": ["dog", "ball", "beach", "red", "boat", "z"]}]  # same first 5 tags as the broken bhtml
     good += [{"id": f"flood{i}", "owner": "flood@N01", "tags": ["dog", "cat", f"f{i}"]} for i in range(5)]
     good += [{"id": f"more{i}", "tags": ["dog", "red", f"m{i}"]} for i in range(4)]
     corpus = make_corpus(tmp_path / "corpus", broken + good)
@@ -99,6 +99,8 @@ def test_only_stored_photos_take_quota_owner_slots_and_first_tag_keys(tmp_path: 
         assert server.stats["image"] < 3 * 2 + len(good) + 1  # the permanent failures were fetched once each, no retry
     status = crawled(root)["status"].to_dict()
     assert {status[b["id"]] for b in broken} == {"failed_download"}
+    reasons = " ".join(lines)
+    assert "photo bhtml: not an image" in reasons and "bgone_abc_m.jpg: HTTP 404" in reasons and "photo bempty: zero bytes" in reasons
     assert all(status[g["id"]] == "kept" for g in good)  # the twin, all 5 of the owner's others, 10 for the keyword
     assert summary["kept"] == 10
     assert any("10 stored, 3 failed to download" in line for line in lines), lines

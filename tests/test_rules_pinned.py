@@ -122,3 +122,81 @@ def test_the_sentence_loss_knows_which_captions_share_an_image(tmp_path: Path, m
     _trainer(tmp_path)._caption_step_loss(data, rows)
     assert seen and seen[0] is not None
     assert seen[0].tolist() == data.caption_image[rows].tolist()
+
+
+def test_stage_ii_batches_are_drawn_through_the_curriculum(tmp_path: Path) -> None:
+    """Wrong version: the Trainer draws web batches from every pair whatever the schedule."""
+    from dataclasses import replace
+
+    from webvse_model.data import CurriculumSchedule, WebPairs
+
+    rng = np.random.default_rng(5)
+    ranks = rng.integers(1, 101, size=200)
+    web = WebPairs(rng.normal(size=(200, 16)).astype(np.float32), rng.normal(size=(200, 6)).astype(np.float32), ranks)
+    drawn: dict[bool, set[int]] = {}
+    for enabled in (True, False):
+        torch.manual_seed(0)
+        model = JointEmbedding(ModelConfig(image_dim=16, vocab_size=30, tag_dim=6, embed_dim=8, hidden_dim=8, word_dim=8, gru_hidden=8))
+        schedule = CurriculumSchedule(enabled=enabled, start_fraction=0.3, full_at_epoch=5)
+        config = replace(StageConfig(batch_size=20), name="stage2", lambda_sentence=0.0, curriculum=schedule)
+        trainer = Trainer(model, config, tmp_path / f"c{enabled}", torch.device("cpu"), log=lambda m: None)
+        rows: list[int] = []
+        step = trainer._web_step_loss
+        trainer._web_step_loss = lambda data, batch, step=step, rows=rows: (rows.extend(batch.tolist()), step(data, batch))[1]  # type: ignore[method-assign]
+        trainer._train_epoch(web, 0)
+        drawn[enabled] = set(rows)
+    keywords = sorted(set(ranks.tolist()))  # rank 1 = the most frequent keyword
+    first_keywords = set(keywords[: int(np.ceil(0.3 * len(keywords)))])  # the 30 % most frequent keywords
+    frequent = {i for i, rank in enumerate(ranks.tolist()) if rank in first_keywords}
+    assert drawn[True] == frequent  # epoch 0 of the curriculum: exactly those
+    assert drawn[False] == set(range(200))  # the ablation: every pair
+
+
+def test_the_code_key_of_a_step_changes_with_the_source_of_the_modules_it_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wrong version: the key hashes module names (or the task wrapper only), so a fix is served stale."""
+    from tasks.orchestration import CodeOf, _module_digest
+
+    package = tmp_path / "pinned_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "work.py").write_text("def rule(x):\n    return x < 5\n")
+    (package / "other.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def key() -> str:
+        _module_digest.cache_clear()
+        return CodeOf(modules=("pinned_pkg.work",)).compute_key(None, {}, {})  # type: ignore[arg-type]
+
+    first = key()
+    (package / "other.py").write_text("VALUE = 2\n")
+    assert key() == first  # a module the step does not name
+    (package / "work.py").write_text("def rule(x):\n    return x <= 5\n")
+    assert key() != first
+
+
+def test_feature_rows_are_keyed_by_the_bytes_of_the_image_not_its_name(tmp_path: Path) -> None:
+    """Wrong version: keyed by file name: a renamed copy is encoded again, an edited file is not."""
+    import pandas as pd
+    from PIL import Image
+
+    from storage.checkpoints import sha256_file
+    from storage.layout import DataRoot
+    from tasks.features import FeatureSettings, compute_features
+
+    def image(path: Path, shade: int) -> Path:
+        Image.new("RGB", (40, 30), (shade, 80, 120)).save(path, format="PNG")
+        return path
+
+    a, c = image(tmp_path / "a.png", 10), image(tmp_path / "c.png", 200)
+    b = tmp_path / "b.png"
+    b.write_bytes(a.read_bytes())  # the same photo under another name
+
+    def frame(*paths: Path) -> pd.DataFrame:
+        return pd.DataFrame({"sha256": [sha256_file(p) for p in paths], "path": [str(p) for p in paths]})
+
+    root, settings = DataRoot.resolve(tmp_path / "root"), FeatureSettings(batch_size=4, workers=0, device="cpu")
+    first = compute_features(root, frame(a, b, c), settings, log=lambda m: None)
+    assert first["computed"] == 2  # a and its copy b: one image
+    image(c, 201)  # one shade changed, same name
+    again = compute_features(root, frame(a, b, c), settings, log=lambda m: None)
+    assert (again["computed"], again["cached"]) == (1, 2)
