@@ -60,9 +60,9 @@ def test_wrong_feature_dimension_in_a_split_is_named(tiny_precomp: Path, tmp_pat
 def test_world_then_flickr_server_command(tmp_path: Path) -> None:
     import json
     import signal
-    import time
 
     import flickrapi
+    import pandas as pd
 
     argv = ["world", "--data-root", str(tmp_path), "--train", "30", "--val", "5", "--test", "10", "--photos-per-object", "3"]
     assert main(argv) == 0
@@ -79,8 +79,9 @@ def test_world_then_flickr_server_command(tmp_path: Path) -> None:
         url = banner.split(" at ")[1].split()[0]
         api = flickrapi.FlickrAPI("lab-key-123", "s", format="parsed-json", store_token=False)
         api.REST_URL = url
-        assert int(api.photos.search(text="dog")["photos"]["total"]) >= 0
-        time.sleep(0.1)
+        photos = pd.read_parquet(corpus / "photos.parquet")
+        with_dog = sum("dog" in {t.lower() for t in tags} | set(title.lower().split()) for tags, title in zip(photos["tags"], photos["title"]))
+        assert int(api.photos.search(text="dog")["photos"]["total"]) == with_dog  # the key from the environment was accepted
     finally:
         server.send_signal(signal.SIGINT)
         out, err = server.communicate(timeout=10)

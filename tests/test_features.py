@@ -18,6 +18,7 @@ from PIL import Image
 
 from storage.layout import DataRoot
 from storage.tables import feature_schema, read_shards, read_table
+from storage.checkpoints import sha256_file
 from storage.tables import FEATURE_FAILURES
 from tasks.features import FeatureSettings, compute_features, load_rgb
 from webvse_model.cnn import build_encoder
@@ -68,7 +69,8 @@ def _photo(path: Path, seed: int, mode: str = "RGB", size: tuple[int, int] = (96
 
 
 def _frame(paths: list[Path]) -> pd.DataFrame:
-    return pd.DataFrame({"sha256": [f"{abs(hash(p.name)):064x}"[-64:] for p in paths], "path": [str(p) for p in paths]})
+    """Images keyed as the pipeline keys them: by the sha256 of their bytes."""
+    return pd.DataFrame({"sha256": [sha256_file(p) for p in paths], "path": [str(p) for p in paths]})
 
 
 def test_cache_by_content_computes_only_the_difference(tmp_path: Path) -> None:
