@@ -19,13 +19,21 @@ import pandas as pd
 
 from storage.layout import DataRoot
 from tasks.text_backends import STOP_WORDS, lemma_of_tag
-from tasks.web_tags import WordfreqEnglish, english_tag_count, english_vocabulary, is_english, normalise_tag, vocabulary_from
+from tasks.web_tags import (
+    CaptionVocabulary,
+    WordfreqEnglish,
+    english_tag_count,
+    english_vocabulary,
+    is_english,
+    normalise_tag,
+    vocabulary_from,
+)
 from webvse_model.text import tokenize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def caption_vocabulary(captions_csv: Path) -> frozenset[str]:
+def caption_vocabulary(captions_csv: Path) -> CaptionVocabulary:
     """The ``captions`` rule's vocabulary from a Flickr8k-style captions.csv (training split)."""
     table = pd.read_csv(captions_csv)
     if "split" in table:
@@ -34,7 +42,7 @@ def caption_vocabulary(captions_csv: Path) -> frozenset[str]:
     return vocabulary_from([words])
 
 
-def compare(name: str, tag_lists: list[list[str]], vocabulary: frozenset[str]) -> None:
+def compare(name: str, tag_lists: list[list[str]], vocabulary: CaptionVocabulary) -> None:
     rules = {"wordfreq": WordfreqEnglish(), "captions": vocabulary}
     counts = Counter(tag for tags in tag_lists for tag in tags)
     accepted = {rule: {t for t in counts if any(is_english(w, lex) for w in normalise_tag(t, lex))} for rule, lex in rules.items()}

@@ -74,3 +74,18 @@ def atomic_write_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def sweep_partial_writes(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+    """Delete the temporary files (``.<name>.*.tmp``) of atomic writes cut short by a kill.
+
+    They were never committed, so nothing refers to them. Call only while no other process
+    writes there (the caller holds the folder: one trainer per run, the crawl's lock, ...).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    partial = sorted(root.rglob(".*.tmp") if recursive else root.glob(".*.tmp"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial

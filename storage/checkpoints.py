@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.atomic import atomic_write_bytes, atomic_write_text, sweep_partial_writes
 from storage.errors import WebvseError
 
 T = TypeVar("T")
@@ -89,10 +89,7 @@ class CheckpointStore:
 
         Call only while no other process writes to this folder (one trainer per run).
         """
-        orphans = sorted(self.folder.glob(".*.tmp")) if self.folder.is_dir() else []
-        for orphan in orphans:
-            orphan.unlink(missing_ok=True)
-        return orphans
+        return sweep_partial_writes(self.folder)
 
     def has(self, name: str) -> bool:
         return name in self._read_manifest()

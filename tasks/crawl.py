@@ -34,6 +34,7 @@ import requests
 from prefect.blocks.system import Secret
 from prefect.concurrency.sync import rate_limit
 
+from storage.atomic import sweep_partial_writes
 from storage.errors import InputError
 from storage.layout import DataRoot, user_state_dir
 from storage.locks import exclusive
@@ -49,7 +50,6 @@ from webvse_world.flickr_server import FlickrServer
 RESULT_CAP = 4000
 CC_LICENSES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 9)  # the Creative Commons licences, CC0 included
 FLICKR_LAUNCH = 1072915200  # 2004-01-01
-DAY = 86400
 
 
 @dataclass(frozen=True)
@@ -173,18 +173,17 @@ class Crawler:
         cfg, state = self.config, self.state
         final: dict[str, dict[str, Any]] = {}
         problems: list[str] = []
-        order = {str(photo.get("id")): i for i, photo in enumerate(photos)}
+        identified = [{**photo, "id": str(photo["id"])} for photo in photos if str(photo.get("id") or "")]
+        self.malformed_without_id += len(photos) - len(identified)  # nothing to record them under: counted in the summary
+        order = {photo["id"]: i for i, photo in enumerate(identified)}
         while True:
             rows = []
-            for photo in photos:
+            for photo in identified:
                 if state.kept_for[keyword] >= cfg.per_keyword:
                     break
-                if "id" not in photo or not str(photo["id"]):
-                    self.malformed_without_id += 1  # nothing to record it under: counted in the summary
+                if photo["id"] in final:
                     continue
-                if str(photo["id"]) in final:
-                    continue
-                row = self._decide({**photo, "id": str(photo["id"])}, keyword, rank)
+                row = self._decide(photo, keyword, rank)
                 if row is not None:
                     rows.append(row)
             kept = [r for r in rows if r["status"] == "kept"]
@@ -308,19 +307,10 @@ def run_crawl(
     """
     credentials = credentials or Credentials.from_environment(config.api_url)
     with exclusive(root.crawl_lock, f"the crawl of {root.root}"):
-        swept = sweep_temporary_files(root.web_dir)
+        swept = sweep_partial_writes(root.web_dir, recursive=True)
         if swept:
-            log(f"crawl: removed {swept} temporary file(s) left by an interrupted write")
+            log(f"crawl: removed {len(swept)} temporary file(s) left by an interrupted write")
         return Crawler(root, config, credentials, log, before_call).run()
-
-
-def sweep_temporary_files(folder: Path) -> int:
-    """Delete the ``.*.tmp`` files of atomic writes cut short by a kill (never committed data)."""
-    removed = 0
-    for path in folder.rglob(".*.tmp") if folder.is_dir() else ():
-        path.unlink(missing_ok=True)
-        removed += 1
-    return removed
 
 
 def crawl_local(root: DataRoot, corpus: str, log: Callable[[str], None] = print, **settings: Any) -> dict[str, Any]:

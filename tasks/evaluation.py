@@ -27,11 +27,12 @@ from storage.checkpoints import CheckpointStore
 from storage.errors import MissingInputError
 from storage.layout import DataRoot
 from storage.tables import CLEAN_IMAGES, RUN_EVALUATION, RUN_METRICS, read_table, write_table
+from tasks.features import unreadable_images
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import EvaluateConfig
 from tasks.report import RankedQueries, artifact_table, plot_recall_curves, plot_training, retrieval_examples
 from tasks.training import METRICS_FILE, VOCAB_FILE, read_run_config
-from tasks.training_data import DataSource, load_split, read_split, unreadable_images
+from tasks.training_data import DataSource, load_split, read_split
 from webvse_model.data import CaptionedImages
 from webvse_model.inference import embed_split
 from webvse_model.metrics import retrieval_ranks, run_protocol

@@ -30,6 +30,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Dataset
 
+from storage.atomic import sweep_partial_writes
 from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from storage.tables import (
@@ -123,6 +124,12 @@ def images_to_encode(root: DataRoot, which: str = "all") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).drop_duplicates("sha256")
 
 
+def unreadable_images(root: DataRoot, encoder_id: str) -> set[str]:
+    """sha256 of the images this encoder could not decode: they never get a feature row."""
+    failures = root.feature_failures(encoder_id)
+    return set(read_table(failures, FEATURE_FAILURES)["sha256"]) if failures.is_file() else set()
+
+
 def report_unreadable(images: pd.DataFrame, failures_path: Path, on_bad_image: str, log: Callable[[str], None]) -> None:
     """Say which of ``images`` could not be decoded (by count and file); raise when asked to fail."""
     if not failures_path.is_file():
@@ -146,11 +153,10 @@ def compute_features(
     spec, net, _ = build_encoder(settings.encoder, settings.weights_path)
     folder = root.features_dir(spec.encoder_id)
     schema = feature_schema(spec.dim)
-    for orphan in folder.glob(".*.tmp") if folder.is_dir() else ():  # a shard write cut short by a kill
-        orphan.unlink(missing_ok=True)
+    sweep_partial_writes(folder)  # a shard write cut short by a kill
     done = set(read_shards(folder, schema).column("sha256").to_pylist())
     failures_path = root.feature_failures(spec.encoder_id)
-    failed = set(read_table(failures_path, FEATURE_FAILURES)["sha256"]) if failures_path.is_file() else set()
+    failed = unreadable_images(root, spec.encoder_id)
     todo = images[~images["sha256"].isin(done | failed)].drop_duplicates("sha256").reset_index(drop=True)
     counts = {"images": len(images), "cached": len(images) - len(todo), "computed": 0, "failed": 0}
     if todo.empty:

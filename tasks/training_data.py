@@ -21,7 +21,6 @@ from storage.layout import DataRoot
 from storage.tables import (
     CLEAN_CAPTIONS,
     CLEAN_IMAGES,
-    FEATURE_FAILURES,
     WEB_PHOTOS,
     feature_dim,
     feature_schema,
@@ -29,6 +28,7 @@ from storage.tables import (
     read_shards,
     read_table,
 )
+from tasks.features import unreadable_images
 from tasks.keywords import union_in_order
 from tasks.word_vectors import VECTORS_FILE, load_keyed_vectors, tag_features
 from webvse_model.data import CaptionedImages, WebPairs, pad_token_ids
@@ -107,12 +107,6 @@ def _parquet_split(source: DataSource, split: str, grouped: bool) -> RawSplit:
         captions = captions.groupby("image_row", sort=True).head(k)
     tag_vectors = _tag_vectors(root, captions, len(images))
     return RawSplit(features, captions["text"].tolist(), captions["image_row"].to_numpy(), tag_vectors, tuple(left_out))
-
-
-def unreadable_images(root: DataRoot, feature_model: str) -> set[str]:
-    """sha256 of the images the features step recorded as undecodable (they never get a feature row)."""
-    failures = root.feature_failures(feature_model)
-    return set(read_table(failures, FEATURE_FAILURES)["sha256"]) if failures.is_file() else set()
 
 
 def _without_unreadable(images: pd.DataFrame, root: DataRoot, source: DataSource, split: str) -> tuple[pd.DataFrame, list[str]]:

@@ -28,7 +28,8 @@ module is that decision, so the crawl and the tag features agree on it.
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from wordfreq import zipf_frequency
 
@@ -47,18 +48,25 @@ NOISE_TAGS: frozenset[str] = frozenset(
 _CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
 
 
+class Lexicon(Protocol):
+    """What decides English: ``knows`` a word as a tag, accepts it as ``joinable`` part of a joined tag."""
+
+    def __contains__(self, word: object) -> bool: ...
+
+    def knows(self, word: str) -> bool: ...
+
+    def joinable(self, word: str) -> bool: ...
+
+
 class WordfreqEnglish:
-    """A container of the common English words, by wordfreq (see the module doc for the rule)."""
+    """The common English words by wordfreq (see the module doc for the rule). Its lists hold
+    inflected forms, so it judges the word as written (a context-free lemmatiser turns
+    ``umbrella`` into ``umbrellum``)."""
 
     COMMON_ZIPF = 4.0  # >= 10 per million English words: English, whatever else it also is (sea, hat, door)
     MIN_ZIPF = 2.0  # >= 1 per 10 million: English unless another language uses it far more (cielo, playa)
     MARGIN = 1.0
     OTHER_LANGUAGES = ("es", "it", "fr", "de", "pt", "nl")
-
-    def common(self, word: str) -> bool:
-        """A common English word: only such words may be the parts of a joined tag (``bluesky``),
-        else rare fragments split anything (``hosres`` -> ``hos`` + ``res``)."""
-        return zipf_frequency(word, "en") >= self.COMMON_ZIPF
 
     def __contains__(self, word: object) -> bool:
         if not isinstance(word, str) or not word.isalpha():
@@ -68,25 +76,39 @@ class WordfreqEnglish:
             return True
         return english >= self.MIN_ZIPF and all(english + self.MARGIN > zipf_frequency(word, other) for other in self.OTHER_LANGUAGES)
 
+    def knows(self, word: str) -> bool:
+        return word in self
+
+    def joinable(self, word: str) -> bool:
+        """Only common words may be the parts of a joined tag (``bluesky``), else rare fragments
+        split anything (``hosres`` -> ``hos`` + ``res``)."""
+        return zipf_frequency(word, "en") >= self.COMMON_ZIPF
+
+
+class CaptionVocabulary(frozenset[str]):
+    """The grouped lemmas of the clean captions (plus word-vector words): the ``captions`` rule."""
+
+    def knows(self, word: str) -> bool:
+        return group_key(lemma_of_tag(word)) in self
+
+    def joinable(self, word: str) -> bool:
+        return self.knows(word)
+
 
 ENGLISH_RULES = ("wordfreq", "captions")
-Lexicon = Container[str]
 
 
 def _known(word: str, vocabulary: Lexicon) -> bool:
-    """wordfreq's lists hold inflected forms: they judge the word as written (a context-free
-    lemmatiser turns ``umbrella`` into ``umbrellum``); a captions vocabulary holds grouped lemmas."""
-    if isinstance(vocabulary, WordfreqEnglish):
-        return len(word) >= 3 and word in vocabulary
-    return len(word) >= 3 and group_key(lemma_of_tag(word)) in vocabulary
+    return len(word) >= 3 and vocabulary.knows(word)
 
 
 def _split_joined(word: str, vocabulary: Lexicon) -> list[str] | None:
-    """``reddog`` -> ``[red, dog]`` when exactly one split into two known words exists."""
-    def part(piece: str) -> bool:
-        return vocabulary.common(piece) if isinstance(vocabulary, WordfreqEnglish) else _known(piece, vocabulary)
-
-    splits = [(word[:i], word[i:]) for i in range(3, len(word) - 2) if part(word[:i]) and part(word[i:])]
+    """``reddog`` -> ``[red, dog]`` when exactly one split into two joinable words exists."""
+    splits = [
+        (word[:i], word[i:])
+        for i in range(3, len(word) - 2)
+        if vocabulary.joinable(word[:i]) and vocabulary.joinable(word[i:])  # both parts >= 3 letters
+    ]
     return list(splits[0]) if len(splits) == 1 else None
 
 
@@ -140,12 +162,12 @@ def english_lexicon(root: DataRoot, rule: str = "wordfreq") -> Lexicon:
     raise InputError(f"crawl.english must be one of {ENGLISH_RULES}, got {rule!r}")
 
 
-def vocabulary_from(lemma_lists: Iterable[Iterable[str]], extra: Iterable[str] = ()) -> frozenset[str]:
+def vocabulary_from(lemma_lists: Iterable[Iterable[str]], extra: Iterable[str] = ()) -> CaptionVocabulary:
     """The English vocabulary: caption lemmas (grouped) plus e.g. word-vector words."""
-    return frozenset(group_key(w) for words in lemma_lists for w in words) | frozenset(group_key(w) for w in extra)
+    return CaptionVocabulary({group_key(w) for words in lemma_lists for w in words} | {group_key(w) for w in extra})
 
 
-def english_vocabulary(root: DataRoot) -> frozenset[str]:
+def english_vocabulary(root: DataRoot) -> CaptionVocabulary:
     """Caption lemmas of ``clean/captions.parquet`` plus the word-vector vocabulary, if any."""
     if not root.clean_captions.is_file():
         raise MissingInputError(f"{root.clean_captions} does not exist: run the keywords step first (webvse keywords)")
