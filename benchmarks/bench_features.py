@@ -1,9 +1,12 @@
 """Feature extraction: end-to-end images/s (decode + resize + forward) vs the bare forward.
 
-The bare forward runs the same encoder on pre-decoded tensors at the same batch size;
-end-to-end reads JPEG files through the DataLoader of ``tasks.features``. Prints
-images/s and the ratio (goal: >= 0.85 of bare). Images: the generated world's, or
-``--images DIR``.
+The baseline is the fastest bare forward this machine can do: the same encoder on
+pre-decoded tensors at the same batch size, channels_last, in bf16 autocast (on a CPU
+without native bf16, the fp32 channels_last forward is the faster one and becomes the
+baseline). fp32 NCHW and fp32 channels_last bare forwards are printed beside it, and the
+cosine of bf16 to fp32 features. End to end reads JPEG files through the DataLoader of
+``tasks.features`` at each precision and worker count. Images: the generated world's, or
+``--images DIR`` (e.g. ../shared/data/flickr8k/images).
 
     python benchmarks/bench_features.py [--images DIR] [--count 384] [--batch-size 64] [--workers 0 1 2]
 """
@@ -21,7 +24,23 @@ import torch
 from storage.layout import DataRoot
 from tasks.features import FeatureSettings, compute_features, load_rgb
 from webvse_model.cnn import DEFAULT_ENCODER, build_encoder
+from webvse_model.precision import cpu_has_native_bf16
 from webvse_world.clean import CleanSizes, generate_clean_dataset
+
+
+def bare_forward(net: torch.nn.Module, batches: list[torch.Tensor], device: torch.device, channels_last: bool, bf16: bool) -> tuple[float, torch.Tensor]:
+    """(images/s, features of the first batch) of the forward alone."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(device, memory_format=layout)
+    inputs = [b.to(device).contiguous(memory_format=layout) for b in batches]
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        first = net(inputs[0]).float()  # warm-up: oneDNN picks its kernels on the first call
+        started = time.perf_counter()
+        for x in inputs:
+            net(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return sum(len(b) for b in batches) / (time.perf_counter() - started), first.cpu()
 
 
 def main() -> None:
@@ -40,28 +59,31 @@ def main() -> None:
         paths = sorted(str(p) for p in folder.rglob("*.jpg"))[: args.count]
         spec, net, _ = build_encoder(args.encoder)
         device = torch.device(args.device)
-        net = net.to(device)
         transform = spec.transform()
         batches = [torch.stack([transform(load_rgb(p)) for p in paths[i : i + args.batch_size]]) for i in range(0, len(paths), args.batch_size)]
-        with torch.inference_mode():
-            net(batches[0].to(device))  # warm-up
-            started = time.perf_counter()
-            for batch in batches:
-                net(batch.to(device))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            bare = len(paths) / (time.perf_counter() - started)
+        bare = {
+            "fp32, NCHW": bare_forward(net, batches, device, channels_last=False, bf16=False),
+            "fp32, channels_last": bare_forward(net, batches, device, channels_last=True, bf16=False),
+            "bf16 autocast, channels_last": bare_forward(net, batches, device, channels_last=True, bf16=True),
+        }
+        cosines = torch.nn.functional.cosine_similarity(bare["fp32, NCHW"][1], bare["bf16 autocast, channels_last"][1])
+        baseline_name = max(("bf16 autocast, channels_last", "fp32, channels_last"), key=lambda k: bare[k][0])
+        baseline = bare[baseline_name][0]
         frame = pd.DataFrame({"sha256": [f"{i:064x}" for i in range(len(paths))], "path": paths})
         rows = []
-        for workers in args.workers:
-            root = DataRoot.resolve(Path(tmp) / f"root{workers}")
-            settings = FeatureSettings(args.encoder, batch_size=args.batch_size, workers=workers, device=args.device)
-            rows.append((workers, compute_features(root, frame, settings, log=lambda m: None)["images_per_second"]))
-    print(f"{len(paths)} JPEGs, {spec.encoder_id}, batch {args.batch_size}, {device}, {torch.get_num_threads()} torch threads")
-    print(f"{'mode':<44}{'img/s':>8}{'vs bare':>9}")
-    print(f"{'bare forward on pre-decoded tensors':<44}{bare:>8.1f}{1.0:>9.2f}")
-    for workers, rate in rows:
-        print(f"{f'end to end, {workers} DataLoader workers':<44}{rate:>8.1f}{rate / bare:>9.2f}")
+        for precision in ("bf16", "fp32"):
+            for workers in args.workers:
+                root = DataRoot.resolve(Path(tmp) / f"root-{precision}-{workers}")
+                settings = FeatureSettings(args.encoder, batch_size=args.batch_size, workers=workers, device=args.device, precision=precision)
+                rows.append((precision, workers, compute_features(root, frame, settings, log=lambda m: None)["images_per_second"]))
+    native = f"native bf16 on this CPU: {cpu_has_native_bf16()}" if device.type == "cpu" else ""
+    print(f"{len(paths)} JPEGs, {spec.encoder_id}, batch {args.batch_size}, {device}, {torch.get_num_threads()} torch threads; {native}")
+    print(f"baseline: the {baseline_name} bare forward; cosine of bf16 to fp32 features: mean {cosines.mean():.5f}, min {cosines.min():.5f}")
+    print(f"{'mode':<52}{'img/s':>8}{'vs baseline':>13}")
+    for name, (rate, _) in bare.items():
+        print(f"{f'bare forward, {name}':<52}{rate:>8.1f}{rate / baseline:>13.2f}")
+    for precision, workers, rate in rows:
+        print(f"{f'end to end, {precision}, {workers} DataLoader workers':<52}{rate:>8.1f}{rate / baseline:>13.2f}")
 
 
 if __name__ == "__main__":

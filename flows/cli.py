@@ -38,7 +38,9 @@ from tasks.world import CleanSizes, Faults, WebSizes, WorldSettings, generate_wo
 from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
 from webvse_model.datasets.flickr8k import flickr8k_to_karpathy
 from webvse_model.metrics import PROTOCOLS
+from webvse_model.precision import PRECISIONS
 from webvse_model.train import StageConfig
+from webvse_world.mirflickr import import_mirflickr
 
 
 def _positive_int(text: str) -> int:
@@ -52,6 +54,8 @@ def _positive_int(text: str) -> int:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="data root (default $WEBVSE_DATA_ROOT or ./webvse-data)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="CNN forward and training: bf16 autocast where the hardware has it natively (auto), or force fp32 / bf16")  # fmt: skip
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -178,12 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--encoder", choices=sorted(ENCODERS), default=DEFAULT_ENCODER)
     features.add_argument("--weights-path", default=None, help="local weights file (resnet152/vgg19 without internet)")
     features.add_argument("--batch-size", type=int, default=64)
-    features.add_argument("--workers", type=int, default=2, help="DataLoader decode workers")
+    features.add_argument("--workers", type=int, default=None, help="DataLoader decode workers (default: 0 on the CPU, more on CUDA)")
 
-    flickr8k = sub.add_parser("import-flickr8k", help="Flickr8k image,caption CSV -> a Karpathy split file (fixed 80/10/10 split)")
+    flickr8k = sub.add_parser("import-flickr8k", help="Flickr8k captions -> a Karpathy split file (the file's split, else a fixed 80/10/10)")
     _add_common(flickr8k)
     flickr8k.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k-1k"),
-                          help="folder with captions.txt and images/ (default: ../shared/data/flickr8k-1k)")  # fmt: skip
+                          help="folder with captions.csv (standard split) or captions.txt, and images/ (default: ../shared/data/flickr8k-1k)")  # fmt: skip
+
+    mirflickr = sub.add_parser("import-mirflickr", help="MIRFLICKR photos + real Flickr tags -> a corpus for the local Flickr server")
+    _add_common(mirflickr)
+    mirflickr.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mirflickr"),
+                           help="folder with tags.csv and images/ (default: ../shared/data/mirflickr)")  # fmt: skip
 
     return parser
 
@@ -208,6 +217,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         word_dim=args.word_dim,
         gru_hidden=args.gru_hidden,
         device=args.device,
+        precision=args.precision,
     )
 
 
@@ -289,7 +299,7 @@ def _print_outcome(config: PipelineConfig, outcome: dict[str, Any]) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The offline world -> local Flickr server -> the whole flow -> VSE++ baseline vs Stage I vs Stage II."""
-    config = demo_config(str(DataRoot.resolve(args.data_root).root)).model_copy(update={"device": args.device})
+    config = demo_config(str(DataRoot.resolve(args.data_root).root)).model_copy(update={"device": args.device, "precision": args.precision})
     _print_outcome(config, _run_flow(config, None, args.refresh, config_name="demo"))
 
 
@@ -315,6 +325,8 @@ def _config_from_args(args: argparse.Namespace, base: PipelineConfig | None = No
         overrides["data_root"] = args.data_root
     if args.device != "auto":
         overrides["device"] = args.device
+    if args.precision != "auto":
+        overrides["precision"] = args.precision
     if base is not None and args.config is None:
         return config_from_dict(merge_dotted(base.model_dump(mode="json"), overrides), "configuration")
     return load_config(args.config, overrides)
@@ -394,7 +406,7 @@ def cmd_crawl(args: argparse.Namespace) -> None:
 
 def cmd_features(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
-    settings = FeatureSettings(args.encoder, args.weights_path, args.batch_size, args.workers, device=args.device)
+    settings = FeatureSettings(args.encoder, args.weights_path, args.batch_size, args.workers, device=args.device, precision=args.precision)
     result = compute_features(root, images_to_encode(root, args.which), settings)
     print(f"{result['computed']} computed, {result['cached']} cached, {result['failed']} failed -> {root.features_dir(result['encoder_id'])}")
 
@@ -402,10 +414,30 @@ def cmd_features(args: argparse.Namespace) -> None:
 def cmd_import_flickr8k(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
     source = Path(args.source)
+    captions = next((source / name for name in ("captions.csv", "captions.txt") if (source / name).is_file()), None)
+    if captions is None:
+        raise MissingInputError(f"{source} has neither captions.csv (with the standard split) nor captions.txt (Kaggle's format)")
     target = root.root / "flickr8k" / "dataset_flickr8k.json"
-    counts = flickr8k_to_karpathy(source / "captions.txt", source / "images", target)
-    print(f"{counts} images -> {target}")
+    summary = flickr8k_to_karpathy(captions, source / "images", target)
+    print(f"{captions}: split from {summary.split_source}")
+    print(f"{summary.counts} images -> {target}")
+    if summary.unofficial:
+        print(f"left out: {summary.unofficial} images in no official split ('extra')")
+    if summary.missing_images:
+        print(f"skipped: {summary.missing_images} listed images without a file in {source / 'images'} (first: {summary.first_missing})")
     print(f"next: webvse keywords --karpathy {target} --image-root {source / 'images'}")
+
+
+def cmd_import_mirflickr(args: argparse.Namespace) -> None:
+    root = DataRoot.resolve(args.data_root)
+    target = root.root / "mirflickr" / "corpus"
+    result = import_mirflickr(args.source, target)
+    print(f"{result.photos} photos -> {result.table} (images stay in {Path(args.source).resolve() / 'images'})")
+    if result.missing_images or result.without_tags:
+        print(f"skipped: {result.missing_images} rows without an image file, {result.without_tags} without a tag")
+    print("no owner ids, dates or licences in MIRFLICKR: each photo is its own owner (the 5-per-owner rule cannot bind),")
+    print("its date is fixed in 2004-2008 from its id, its licence CC BY (see webvse_world/mirflickr.py)")
+    print(f"next: set crawl.corpus: {target} in the configuration (configs/flickr8k-mirflickr.yaml does)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -417,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world,
         "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors, "crawl": cmd_crawl,
-        "features": cmd_features, "import-flickr8k": cmd_import_flickr8k, "run": cmd_run, "search": cmd_search,
+        "features": cmd_features, "import-flickr8k": cmd_import_flickr8k, "import-mirflickr": cmd_import_mirflickr, "run": cmd_run, "search": cmd_search,
         "experiment": cmd_experiment,
     }  # fmt: skip
     try:

@@ -2,7 +2,8 @@
 
 Composition only: the data steps of ``webvse`` (cached, so shared with the pipeline),
 then per (loss, seed) the baseline and webly Stage I runs and the two Stage II forks of
-the webly run (curriculum on and off), then one report task. Every training is a cached
+the webly run (curriculum on and off; for ``experiment.web_fraction_loss`` also one fork
+per ``experiment.web_fractions`` share of the web photos), then one report task. Every training is a cached
 task, so an interrupted grid resumes where it stopped and a bigger ``seeds`` list only
 trains the new seeds.
 """
@@ -14,7 +15,7 @@ from typing import Any
 from prefect import flow
 
 from flows.pipeline import prepare_data, task_runner_from_environment
-from tasks.experiment import GridRun, experiment_report_step, grid_settings, loss_slug
+from tasks.experiment import WEB_FRACTION_PREFIX, GridRun, experiment_report_step, grid_settings, loss_slug
 from tasks.orchestration import StepPlan, configured
 from tasks.pipeline_config import PipelineConfig, Step
 from tasks.training import stage1_step, stage2_step
@@ -32,7 +33,8 @@ def experiment(config: PipelineConfig = PipelineConfig(), refresh: list[Step] | 
     cells: list[GridRun] = []
     for loss in config.experiment.losses:
         for seed in config.experiment.seeds:
-            settings = grid_settings(config.train, loss, seed, config.device)
+            fractions = config.experiment.web_fractions if loss == config.experiment.web_fraction_loss else []
+            settings = grid_settings(config.train, loss, seed, config.device, config.precision, fractions)
             name = f"exp-{loss_slug(loss)}-s{seed}"
             base = stage1(data_root, source, settings["baseline"], f"{name}-baseline", fresh=plan.fresh("stage1"))
             webly = stage1(data_root, source, settings["webly"], f"{name}-webly", fresh=plan.fresh("stage1"))
@@ -44,6 +46,9 @@ def experiment(config: PipelineConfig = PipelineConfig(), refresh: list[Step] | 
                 GridRun(loss, seed, "stage2-nocurriculum", plain["run_dir"], "stage2"),
                 GridRun(loss, seed, "stage2-curriculum", curriculum["run_dir"], "stage2"),
             ]
+            for variant in (v for v in settings if v.startswith(WEB_FRACTION_PREFIX)):
+                share = stage2(data_root, webly["run_dir"], source, settings[variant], f"{name}-{variant}", fresh=plan.fresh("stage2"))
+                cells.append(GridRun(loss, seed, variant, share["run_dir"], "stage2"))
     report = configured(experiment_report_step, "evaluate", root, plan, config.retries)
     karpathy = config.karpathy_path()
     summary = report(data_root, [cell.__dict__ for cell in cells], config.evaluate, karpathy, config.device)

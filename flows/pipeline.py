@@ -22,7 +22,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.crawl import crawl_step
 from tasks.evaluation import evaluate_step
-from tasks.features import feature_chunks_step, features_shard_step, features_step
+from tasks.features import feature_chunks_step, features_id, features_shard_step, features_step
 from tasks.keywords import keywords_step
 from tasks.orchestration import DASK_ADDRESS_ENV, TASK_RUNNER_ENV, StepPlan, configured
 from tasks.pipeline_config import PipelineConfig, Step
@@ -30,7 +30,6 @@ from tasks.training import run_settings, stage1_step, stage2_step
 from tasks.training_data import DataSource
 from tasks.word_vectors import vectors_step
 from tasks.world import world_step
-from webvse_model.cnn import encoder_spec
 
 
 def task_runner_from_environment() -> TaskRunner[Any]:
@@ -55,13 +54,13 @@ def prepare_data(config: PipelineConfig, plan: StepPlan) -> DataSource:
         configured(crawl_step, "crawl", root, plan, config.retries)(data_root, config.crawl, config.corpus_path())
     if plan.runs("features"):
         if config.features.parallel_shards > 1:
-            chunks = feature_chunks_step(data_root, config.features, config.features.parallel_shards)
+            chunks = feature_chunks_step(data_root, config.features, config.features.parallel_shards, config.device, config.precision)
             shards = configured(features_shard_step, "features", root, plan, config.retries)
-            shards.map(data_root, chunks, unmapped(config.features), unmapped(config.device)).result()
-        configured(features_step, "features", root, plan, config.retries)(data_root, config.features, config.device)
+            shards.map(data_root, chunks, unmapped(config.features), unmapped(config.device), unmapped(config.precision)).result()
+        configured(features_step, "features", root, plan, config.retries)(data_root, config.features, config.device, config.precision)
     if plan.runs("vectors"):
         configured(vectors_step, "vectors", root, plan, config.retries)(data_root, config.vectors)
-    feature_model = encoder_spec(config.features.encoder).encoder_id
+    feature_model = features_id(config.features.encoder, config.device, config.precision)
     skip = config.features.on_bad_image == "skip"
     return DataSource(data_root, "parquet", config.dataset.captions_per_image, val_split="val", feature_model=feature_model, skip_unreadable=skip)
 
@@ -82,13 +81,13 @@ def webvse(config: PipelineConfig = PipelineConfig(), steps: list[Step] | None =
         # one after the other: torch's global RNG seeds each model's initial weights
         variants = ({"baseline": 0.0} if config.train.baseline else {}) | {"webly": None}
         stage1 = {
-            label: step("stage1", stage1_step)(data_root, source, run_settings(config.train, config.device, lam), label, fresh=plan.fresh("stage1"))
+            label: step("stage1", stage1_step)(data_root, source, run_settings(config.train, config.device, lam, config.precision), label, fresh=plan.fresh("stage1"))
             for label, lam in variants.items()
         }
         runs = {label: result["run_dir"] for label, result in stage1.items()}
         if plan.runs("stage2"):
             result = step("stage2", stage2_step)(
-                data_root, stage1["webly"]["run_dir"], source, run_settings(config.train, config.device), "webly", fresh=plan.fresh("stage2")
+                data_root, stage1["webly"]["run_dir"], source, run_settings(config.train, config.device, precision=config.precision), "webly", fresh=plan.fresh("stage2")
             )
             runs["webly"] = result["run_dir"]
     table = step("evaluate", evaluate_step)(data_root, runs or None, config.evaluate, config.device) if plan.runs("evaluate") else []

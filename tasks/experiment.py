@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from tasks.evaluation import artifact_suffix, embedded_stages, run_source
 from tasks.keywords import image_dummy_tags
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import EvaluateConfig, TrainConfig
-from tasks.report import plot_r1_bars
+from tasks.report import plot_r1_bars, plot_web_fraction
 from tasks.training import RunSettings, run_settings
 from webvse_model.metrics import retrieval_ranks, run_protocol
 
@@ -45,6 +45,25 @@ VARIANT_NAMES = {
     "stage2-curriculum": "+ Stage II, curriculum",
 }
 EXPERIMENT_DIR = "experiment"
+WEB_FRACTION_PREFIX = "stage2-web"
+
+
+def web_fraction_variant(fraction: float) -> str:
+    """The grid variant of Stage II (curriculum) on a share of the web photos: ``stage2-web25``."""
+    return f"{WEB_FRACTION_PREFIX}{round(100 * fraction)}"
+
+
+def variant_label(variant: str) -> str:
+    if variant.startswith(WEB_FRACTION_PREFIX):
+        return f"+ Stage II, curriculum, {variant.removeprefix(WEB_FRACTION_PREFIX)}% of the web photos"
+    return VARIANT_NAMES[variant]
+
+
+def _variant_order(variant: str) -> float:
+    """The paper's variants in their order, then the web-fraction cells by fraction."""
+    if variant in VARIANTS:
+        return VARIANTS.index(variant)
+    return len(VARIANTS) + int(variant.removeprefix(WEB_FRACTION_PREFIX)) / 100
 GROUPS = ("frequent", "rare")
 
 
@@ -53,13 +72,17 @@ def loss_slug(loss: str) -> str:
     return loss.replace("+", "p")
 
 
-def grid_settings(train: TrainConfig, loss: str, seed: int, device: str) -> dict[str, RunSettings]:
-    """The trainings of one (loss, seed): ``baseline`` and ``webly`` Stage I, Stage II with and without curriculum."""
+def grid_settings(
+    train: TrainConfig, loss: str, seed: int, device: str, precision: str = "auto", web_fractions: Sequence[float] = ()
+) -> dict[str, RunSettings]:
+    """The trainings of one (loss, seed): ``baseline`` and ``webly`` Stage I, Stage II with and without
+    curriculum, and Stage II (curriculum) on each of ``web_fractions`` of the web photos (``stage2-web25``...)."""
     cell = train.model_copy(update={"loss": loss, "seed": seed})
-    return {
-        "baseline": run_settings(cell, device, lambda_tag=0.0),
-        "webly": run_settings(cell, device),
-        "nocurriculum": run_settings(cell.model_copy(update={"curriculum": False}), device),
+    shares = {web_fraction_variant(f): run_settings(cell.model_copy(update={"web_fraction": f}), device, precision=precision) for f in web_fractions}
+    return shares | {
+        "baseline": run_settings(cell, device, lambda_tag=0.0, precision=precision),
+        "webly": run_settings(cell, device, precision=precision),
+        "nocurriculum": run_settings(cell.model_copy(update={"curriculum": False}), device, precision=precision),
     }
 
 
@@ -141,9 +164,8 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     grouped = table.groupby(["loss", "variant"], sort=False)[metrics]
     summary = grouped.mean().join(grouped.std(ddof=1).fillna(0.0).add_suffix("_std")).reset_index()
     summary["seeds"] = grouped.size().to_numpy()
-    order = {v: i for i, v in enumerate(VARIANTS)}
-    summary = summary.sort_values(["loss", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s).reset_index(drop=True)
-    summary["label"] = [f"{loss.upper()} {VARIANT_NAMES[v]}" for loss, v in zip(summary["loss"], summary["variant"])]
+    summary = summary.sort_values(["loss", "variant"], key=lambda s: s.map(_variant_order) if s.name == "variant" else s).reset_index(drop=True)
+    summary["label"] = [f"{loss.upper()} {variant_label(v)}" for loss, v in zip(summary["loss"], summary["variant"])]
     return summary
 
 
@@ -214,6 +236,37 @@ def paired_gains(table: pd.DataFrame, variant: str, metric: str = "rsum", refere
     return out
 
 
+def web_fraction_curve(table: pd.DataFrame) -> tuple[str, pd.DataFrame] | None:
+    """rsum against the share of web photos for the loss that has web-fraction cells: 0 = its Stage I,
+    1 = its Stage II with the curriculum; with each point's paired-by-seed gain over Stage I."""
+    cells = table[table["variant"].str.startswith(WEB_FRACTION_PREFIX)]
+    if cells.empty:
+        return None
+    loss = str(cells["loss"].iloc[0])
+    rows = table[table["loss"] == loss]
+    points = {"stage1": 0.0, "stage2-curriculum": 1.0}
+    points |= {v: int(v.removeprefix(WEB_FRACTION_PREFIX)) / 100 for v in cells["variant"].unique()}
+    curve = []
+    for variant, fraction in sorted(points.items(), key=lambda item: item[1]):
+        values = rows.loc[rows["variant"] == variant, "rsum"]
+        if values.empty:
+            continue
+        gain = paired_gains(rows, variant, reference="stage1").get(loss)
+        curve.append({
+            "fraction": fraction, "variant": variant, "rsum": values.mean(), "rsum_std": values.std(ddof=1) if len(values) > 1 else 0.0,
+            "seeds": len(values), "gain_over_stage1": gain.describe() if gain and variant != "stage1" else "",
+        })  # fmt: skip
+    return loss, pd.DataFrame(curve)
+
+
+def web_fraction_table(curve: pd.DataFrame) -> str:
+    lines = ["| web photos in Stage II | rsum | seeds | against its own Stage I |", "|---|---|---|---|"]
+    for _, row in curve.iterrows():
+        share = "0 % (Stage I)" if row["fraction"] == 0 else f"{100 * row['fraction']:.0f} %"
+        lines.append(f"| {share} | {row['rsum']:.1f} ± {row['rsum_std']:.1f} | {row['seeds']} | {row['gain_over_stage1']} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ the Prefect task
 @dataclass
 class ExperimentReport:
@@ -252,6 +305,13 @@ def report_experiment(root: DataRoot, runs: list[GridRun], settings: EvaluateCon
         if (gains := paired_gains(table, variant, reference=reference))
     ]
     seeds = sorted(table["seed"].unique().tolist())
+    fractions: list[str] = []
+    if (found := web_fraction_curve(table)) is not None:
+        loss, curve = found
+        curve.to_parquet(folder / "web_fraction.parquet")
+        plot_web_fraction(curve, folder / "web_fraction.png", f"{loss.upper()}: Stage II on a share of the kept web photos")
+        fractions = [f"## More web data? ({loss.upper()}, Stage II with the curriculum)", web_fraction_table(curve),
+                     f"Plot: `{folder / 'web_fraction.png'}`"]  # fmt: skip
     markdown = "\n\n".join(
         [
             f"# Experiment: {split} split, protocol {settings.protocol}, seeds {seeds} (mean ± std)",
@@ -260,6 +320,7 @@ def report_experiment(root: DataRoot, runs: list[GridRun], settings: EvaluateCon
             frequency_table(summary) if groups is not None else "(no concepts for a precomputed-feature source)",
             "## Beyond the seed spread?",
             "\n".join([*(f"- {VARIANT_NAMES[v]}: " + "; ".join(f"{loss.upper()} {text}" for loss, text in per.items()) for v, per in verdicts.items()), *stage2_effect]),
+            *fractions,
             f"Plot: `{folder / 'r1.png'}`; cells: `{folder / 'cells.parquet'}`",
         ]
     )

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
 from webvse_model.metrics import PROTOCOLS
+from webvse_model.precision import Precision
 from webvse_model.train import ConfigError
 from webvse_world.clean import DATASET_FILE
 
@@ -78,7 +79,7 @@ class FeaturesConfig(Section):
     encoder: str = DEFAULT_ENCODER
     weights_path: str | None = None
     batch_size: int = Field(64, ge=1)
-    workers: int = Field(2, ge=0)
+    workers: int | None = Field(None, ge=0, description="image decode processes; empty = none on the CPU (the forward uses every core), more on CUDA")
     parallel_shards: int = Field(1, ge=1, description="split the images over this many tasks (e.g. one per Dask worker)")
     on_bad_image: Literal["skip", "fail"] = Field(
         "skip", description="an image that cannot be decoded: skip it (recorded in failures.parquet, training uses the rest) or fail"
@@ -113,6 +114,7 @@ class TrainConfig(Section):
     batch_size: int = Field(128, ge=2)
     stage2_epochs: int = Field(10, ge=1)
     curriculum: bool = True
+    web_fraction: float = Field(1.0, gt=0, le=1, description="share of the kept web photos Stage II trains on (nested subsets by image hash)")
     embed_dim: int = Field(1024, ge=2)
     hidden_dim: int = Field(1024, ge=2)
     word_dim: int = Field(300, ge=2)
@@ -131,6 +133,23 @@ class ExperimentConfig(Section):
 
     losses: list[Literal["vse", "vse++"]] = Field(default_factory=lambda: ["vse", "vse++"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    web_fractions: list[float] = Field(
+        default_factory=list, description="extra Stage II (curriculum) cells on these shares of the web photos, e.g. [0.25, 0.5]"
+    )
+    web_fraction_loss: Literal["vse", "vse++"] = Field("vse++", description="the loss of the web-fraction cells")
+
+    @field_validator("web_fractions")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in values):
+            raise InputError(f"each web fraction must lie in (0, 1) (1.0 is the grid's own Stage II), got {values}")
+        return values
+
+    @model_validator(mode="after")
+    def _fraction_loss_in_grid(self) -> ExperimentConfig:
+        if self.web_fractions and self.web_fraction_loss not in self.losses:
+            raise InputError(f"web_fraction_loss {self.web_fraction_loss!r} is not among the grid's losses {self.losses}")
+        return self
 
 
 class RetryConfig(Section):
@@ -145,6 +164,9 @@ class RetryConfig(Section):
 class PipelineConfig(Section):
     data_root: str = Field("webvse-data", description="folder holding every table, file, cache and run")
     device: str = Field("auto", description="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+    precision: Precision = Field(
+        "auto", description="CNN forward and training steps: bf16 autocast where the hardware has it natively (auto), or force fp32 / bf16"
+    )
     world: WorldConfig = WorldConfig()
     dataset: DatasetConfig = DatasetConfig()
     keywords: KeywordsConfig = KeywordsConfig()

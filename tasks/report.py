@@ -96,6 +96,17 @@ def plot_r1_bars(table: pd.DataFrame, path: Path, label_column: str = "variant")
     return _save(fig, path)
 
 
+def plot_web_fraction(curve: pd.DataFrame, path: Path, title: str) -> Path:
+    """rsum (mean, seed std as error bars) against the share of the kept web photos Stage II saw; 0 = Stage I."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.errorbar(100 * curve["fraction"], curve["rsum"], yerr=curve["rsum_std"], marker="o", capsize=4)
+    ax.set_xlabel("web photos used in Stage II (% of those kept)")
+    ax.set_ylabel("rsum (test)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
 def retrieval_examples(
     captions: Sequence[str],
     caption_image: np.ndarray,

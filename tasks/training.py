@@ -58,7 +58,8 @@ class RunSettings:
     gru_hidden: int = 1024
     vocab_min_count: int = 4
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 autocast where the hardware has it natively)
+    web_fraction: float = 1.0  # share of the kept web photos Stage II trains on (a nested subset by content)
 
 
 def write_run_config(run_dir: Path, source: DataSource, settings: RunSettings, model: ModelConfig) -> None:
@@ -91,6 +92,7 @@ def _stage_from(values: dict[str, Any] | None) -> StageConfig | None:
 
 def settings_from_dict(values: dict[str, Any]) -> RunSettings:
     values = dict(values)
+    values.pop("amp", None)  # runs before the precision setting: bf16 autocast on CUDA, fp32 on the CPU
     values["stage1"] = _stage_from(values["stage1"])
     values["stage2"] = _stage_from(values.get("stage2"))
     return RunSettings(**values)
@@ -130,7 +132,7 @@ def train_run(
         vocab = Vocabulary.build((tokenize(c) for c in train_caps), settings.vocab_min_count)
     train = load_split(source, source.train_split, vocab, grouped=False, log=log)
     val = load_split(source, source.val_split, vocab, log=log)
-    web = load_web(source) if settings.stage2 is not None else None
+    web = load_web(source, settings.web_fraction) if settings.stage2 is not None else None
     if settings.stage2 is not None and web is None:
         raise ConfigError(f"stage2 is configured but {source.path} has no web pairs (web_ims.npy, web_tags.npy, web_keyword_rank.npy)")
     if val.feature_dim != train.feature_dim or (web is not None and web.features.shape[1] != train.feature_dim):
@@ -157,11 +159,11 @@ def train_run(
     torch.manual_seed(settings.stage1.seed)  # the initial weights are part of the experiment
     model = JointEmbedding(model_config)
     results: dict[str, StageResult] = {}
-    stage1 = Trainer(model, settings.stage1, run / "stage1", device, settings.amp, metrics, log)
+    stage1 = Trainer(model, settings.stage1, run / "stage1", device, settings.precision, metrics, log)
     results["stage1"] = stage1.fit(train, val, source.captions_per_image, resume)
     if settings.stage2 is not None and web is not None:
         best = load_model(stage1.store, "best", device)
-        stage2 = Trainer(best, settings.stage2, run / "stage2", device, settings.amp, metrics, log)
+        stage2 = Trainer(best, settings.stage2, run / "stage2", device, settings.precision, metrics, log)
         results["stage2"] = stage2.fit(web, val, source.captions_per_image, resume)
     return results
 
@@ -175,14 +177,17 @@ def default_stage2(stage1: StageConfig, epochs: int, curriculum: bool = True) ->
 
 
 # ------------------------------------------------------------------ the Prefect tasks
-def run_settings(train: TrainConfig, device: str, lambda_tag: float | None = None) -> RunSettings:
+def run_settings(train: TrainConfig, device: str, lambda_tag: float | None = None, precision: str = "auto") -> RunSettings:
     """The pipeline's train section as Stage I (+ Stage II) settings; ``lambda_tag=0`` = the baseline."""
     stage1 = StageConfig(
         epochs=train.epochs, lr=train.lr, lr_decay_every=train.lr_decay_every, batch_size=train.batch_size, loss=train.loss,
         lambda_tag=train.lambda_tag if lambda_tag is None else lambda_tag, seed=train.seed, warmup_epochs=train.warmup_epochs,
     )  # fmt: skip
     stage2 = default_stage2(stage1, train.stage2_epochs, train.curriculum)
-    return RunSettings(stage1, stage2, train.embed_dim, train.hidden_dim, train.word_dim, train.gru_hidden, device=device)
+    return RunSettings(
+        stage1, stage2, train.embed_dim, train.hidden_dim, train.word_dim, train.gru_hidden,
+        device=device, precision=precision, web_fraction=train.web_fraction,
+    )  # fmt: skip
 
 
 def _training_reads(inputs: dict[str, Any]) -> list[Path]:
@@ -203,7 +208,8 @@ def _run_id(label: str, inputs: dict[str, Any]) -> str:
 
 
 def _stage1_dir(inputs: dict[str, Any]) -> Path:
-    keyed = {"source": inputs["source"], "settings": replace(inputs["settings"], stage2=None), "root": inputs["root"]}
+    stage1_only = replace(inputs["settings"], stage2=None, web_fraction=1.0)  # what Stage II trains on does not name Stage I
+    keyed = {"source": inputs["source"], "settings": stage1_only, "root": inputs["root"]}
     return root_of(inputs).run_dir(_run_id(inputs["label"], keyed))
 
 

@@ -149,11 +149,23 @@ def load_split(
     return CaptionedImages(raw.features, tokens, lengths, raw.caption_image, raw.tag_vectors, name=f"{source.path}:{split}")
 
 
-def load_web(source: DataSource) -> WebPairs | None:
+def web_subset(sha256: pd.Series, fraction: float) -> np.ndarray:
+    """Which photos a ``fraction`` of the web data keeps: those whose image hash falls below it.
+
+    By content, not by position: the 25 % subset lies inside the 50 % one, which lies inside
+    all, whatever order the crawl stored them in, so a curve over fractions adds data.
+    """
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"train.web_fraction must be in (0, 1], got {fraction}")
+    return np.array([int(sha[:15], 16) / 16**15 < fraction for sha in sha256], dtype=bool)
+
+
+def load_web(source: DataSource, fraction: float = 1.0) -> WebPairs | None:
     """Stage II web pairs of the source, or None when it has none.
 
     From a data root: the crawl's kept photos that have features and at least one
-    English tag with a word vector (the others are counted in the name, not used).
+    English tag with a word vector (the others are counted in the name, not used);
+    ``fraction`` < 1 keeps that share of them (:func:`web_subset`).
     """
     if source.kind == "precomp":
         web = read_precomp_web(source.path)
@@ -164,6 +176,8 @@ def load_web(source: DataSource) -> WebPairs | None:
         return None
     photos = read_table(root.web_photos, WEB_PHOTOS)
     photos = photos[(photos["status"] == "kept") & (photos["sha256"] != "")].drop_duplicates("sha256").reset_index(drop=True)
+    if fraction < 1:
+        photos = photos[web_subset(photos["sha256"], fraction)].reset_index(drop=True)
     folder = root.features_dir(source.feature_model)
     table = read_shards(folder, feature_schema(feature_dim(folder)))
     row_of = {sha: i for i, sha in enumerate(table.column("sha256").to_pylist())}
@@ -173,5 +187,6 @@ def load_web(source: DataSource) -> WebPairs | None:
     if len(usable) == 0:
         return None
     features = features_matrix(table, feature_dim(folder))[[row_of[photos["sha256"][i]] for i in usable]]
-    name = f"{root.web_photos} ({len(usable)} pairs; {tags.excluded} photos without a known tag left out)"
+    share = f", {fraction:.0%} of the kept photos" if fraction < 1 else ""
+    name = f"{root.web_photos} ({len(usable)} pairs{share}; {tags.excluded} photos without a known tag left out)"
     return WebPairs(features, tags.vectors[usable], photos["keyword_rank"].to_numpy()[usable], name=name)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pandas as pd
 import pytest
 
-from tasks.experiment import beyond_spread, paired_gains, paper_table, summarise
+from tasks.experiment import beyond_spread, paired_gains, paper_table, summarise, web_fraction_curve, web_fraction_table
+from tasks.training_data import web_subset
 
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
 
@@ -48,3 +51,32 @@ def test_paired_gains_against_another_reference_variant() -> None:
     table = _cells({("vse", "baseline"): [100.0, 100.0], ("vse", "stage1"): [110.0, 120.0], ("vse", "stage2-curriculum"): [109.0, 125.0]})
     gains = paired_gains(table, "stage2-curriculum", reference="stage1")["vse"]
     assert gains.mean == pytest.approx(2.0) and (gains.wins, gains.seeds) == (1, 2)
+
+
+def test_web_fraction_cells_sort_after_the_paper_variants_and_make_a_curve_from_stage_i() -> None:
+    table = _cells({
+        ("vse++", "stage2-web50"): [505.0, 507.0, 506.0], ("vse++", "baseline"): [500.0, 502.0, 501.0],
+        ("vse++", "stage1"): [503.0, 504.0, 505.0], ("vse++", "stage2-curriculum"): [508.0, 509.0, 507.0],
+        ("vse++", "stage2-web25"): [504.0, 504.0, 506.0],
+    })  # fmt: skip
+    summary = summarise(table)
+    assert summary["variant"].tolist() == ["baseline", "stage1", "stage2-curriculum", "stage2-web25", "stage2-web50"]
+    assert summary["label"].iloc[3] == "VSE++ + Stage II, curriculum, 25% of the web photos"
+    found = web_fraction_curve(table)
+    assert found is not None
+    loss, curve = found
+    assert loss == "vse++" and curve["fraction"].tolist() == [0.0, 0.25, 0.5, 1.0]
+    assert curve["rsum"].tolist() == pytest.approx([504.0, 504.6667, 506.0, 508.0], abs=1e-3)
+    assert "higher in 3 of 3 seeds" in curve["gain_over_stage1"].iloc[3] and curve["gain_over_stage1"].iloc[0] == ""
+    assert "| 0 % (Stage I) | 504.0 ± 1.0 | 3 |" in web_fraction_table(curve)
+    assert web_fraction_curve(table[~table["variant"].str.startswith("stage2-web")]) is None
+
+
+def test_web_subsets_are_nested_and_about_their_share() -> None:
+    sha = pd.Series([hashlib.sha256(str(i).encode()).hexdigest() for i in range(4000)])
+    quarter, half, everything = web_subset(sha, 0.25), web_subset(sha, 0.5), web_subset(sha, 1.0)
+    assert everything.all() and not (quarter & ~half).any()  # 25 % inside 50 %
+    assert abs(quarter.mean() - 0.25) < 0.03 and abs(half.mean() - 0.5) < 0.03
+    assert (web_subset(sha[::-1].reset_index(drop=True), 0.25) == quarter[::-1]).all()  # by content, not position
+    with pytest.raises(ValueError, match="web_fraction must be in"):
+        web_subset(sha, 0.0)

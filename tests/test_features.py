@@ -16,11 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from storage.layout import DataRoot
-from storage.tables import feature_schema, read_shards, read_table
 from storage.checkpoints import sha256_file
-from storage.tables import FEATURE_FAILURES
-from tasks.features import FeatureSettings, compute_features, load_rgb
+from storage.layout import DataRoot
+from storage.tables import FEATURE_FAILURES, feature_schema, read_shards, read_table
+from tasks.features import FeatureSettings, compute_features, features_id, load_rgb
 from webvse_model.cnn import build_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +121,7 @@ def test_killed_run_resumes_without_recomputing_or_partial_shards(tmp_path: Path
     frame = _frame(paths)
     frame.to_parquet(tmp_path / "todo.parquet")
     root = DataRoot.resolve(tmp_path / "root")
-    folder = root.features_dir("efficientnet-lite0-r256c224-tflite")
+    folder = root.features_dir(features_id("efficientnet-lite0", "auto", "auto"))  # what the script resolves to here
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-c", RESUME_SCRIPT, str(root.root), str(tmp_path / "todo.parquet")]
     victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -19,14 +19,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from pipeline_support import run_counts, task_states, tiny_config
-
 from gensim.models import KeyedVectors
+from pipeline_support import run_counts, task_states, tiny_config
 
 from flows.pipeline import webvse
 from storage.errors import InputError
 from storage.tables import FEATURE_FAILURES, KEYWORDS, WEB_PHOTOS, feature_schema, read_shards, read_table, write_table
-from tasks.features import images_to_encode
+from tasks.features import features_id, images_to_encode
 from tasks.orchestration import StepPlan
 from tasks.pipeline_config import STEPS, load_config
 from tasks.word_vectors import VECTORS_FILE
@@ -190,7 +189,8 @@ def test_feature_shards_run_as_parallel_tasks_on_a_dask_task_runner(tmp_path: Pa
     root = config.root
     images = images_to_encode(root, "all")
     spec = encoder_spec(config.features.encoder)
-    encoded = read_shards(root.features_dir(spec.encoder_id), feature_schema(spec.dim)).column("sha256").to_pylist()
+    folder = root.features_dir(features_id(config.features.encoder, config.device, config.precision))
+    encoded = read_shards(folder, feature_schema(spec.dim)).column("sha256").to_pylist()
     assert sorted(encoded) == sorted(images["sha256"])  # every image once, none twice
 
 
@@ -263,7 +263,7 @@ def test_an_unreadable_image_is_skipped_and_reported_and_a_copied_root_evaluates
 
     state = webvse(config=config, return_state=True)
     assert state.is_completed(), state.message
-    failures = read_table(config.root.feature_failures(encoder_spec(config.features.encoder).encoder_id), FEATURE_FAILURES)
+    failures = read_table(config.root.feature_failures(features_id(config.features.encoder, config.device, config.precision)), FEATURE_FAILURES)
     assert [Path(p).name for p in failures["path"]] == [broken["filename"]]
     first = state.result()
     for run in first["runs"].values():  # trained on the other images; the run folder says its data path relatively

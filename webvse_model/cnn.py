@@ -10,7 +10,8 @@
   local ``.pth`` file (``weights_path``), loaded with ``weights_only=True``.
 
 All use the paper's geometry: resize 256, centre crop 224. The *encoder id* names model
-and preprocessing, so cached features never mix two preprocessings.
+and preprocessing, and the *features id* adds the forward's precision (``-bf16``), so
+cached features never mix two preprocessings or two precisions.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from storage.errors import InputError, WebvseError
+from webvse_model.precision import feature_precision_suffix
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TFLITE_MEAN, TFLITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
@@ -43,6 +45,10 @@ class EncoderSpec:
     @property
     def encoder_id(self) -> str:
         return f"{self.name}-r256c224-{self.normalisation}"
+
+    def features_id(self, bf16: bool) -> str:
+        """The encoder id and the precision of the forward: the features' cache folder (bf16 rows differ)."""
+        return self.encoder_id + feature_precision_suffix(bf16)
 
     def transform(self) -> T.Compose:
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.normalisation == "imagenet" else (TFLITE_MEAN, TFLITE_STD)

@@ -40,6 +40,7 @@ from webvse_model.encoders import JointEmbedding, ModelConfig
 from webvse_model.inference import evaluate_split
 from webvse_model.losses import LOSS_VARIANTS, ranking_loss
 from webvse_model.metrics import RetrievalMetrics
+from webvse_model.precision import use_bf16
 
 CHECKPOINT_FORMAT = "webvse-checkpoint-1"
 BRANCHES: tuple[str, ...] = ("image", "sentence", "tag")
@@ -182,14 +183,14 @@ class Trainer:
         config: StageConfig,
         checkpoint_dir: str | Path,
         device: torch.device,
-        amp: bool = True,
+        precision: str = "auto",
         on_epoch: Callable[[EpochRecord], None] | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self.model = model.to(device)
         self.config = config
         self.device = device
-        self.use_amp = amp and device.type == "cuda"
+        self.use_bf16 = use_bf16(precision, device)  # autocast of the branches; losses and optimizer stay fp32
         self.store = CheckpointStore(checkpoint_dir)
         self.on_epoch = on_epoch
         self.log = log
@@ -283,7 +284,7 @@ class Trainer:
                 started = time.perf_counter()
             if step == _ESTIMATE_AFTER_STEPS + 2 and not self._estimated:
                 self._log_estimate((time.perf_counter() - started) / _ESTIMATE_AFTER_STEPS, len(batches), epoch)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 if isinstance(train, WebPairs):
                     loss = self._web_step_loss(train, rows)
                 else:
