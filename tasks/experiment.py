@@ -53,17 +53,22 @@ def web_fraction_variant(fraction: float) -> str:
     return f"{WEB_FRACTION_PREFIX}{round(100 * fraction)}"
 
 
+def web_fraction_of(variant: str) -> float | None:
+    """The share of web photos a ``stage2-web25`` cell trained on (0.25); None for the paper's variants."""
+    return int(variant.removeprefix(WEB_FRACTION_PREFIX)) / 100 if variant.startswith(WEB_FRACTION_PREFIX) else None
+
+
 def variant_label(variant: str) -> str:
-    if variant.startswith(WEB_FRACTION_PREFIX):
-        return f"+ Stage II, curriculum, {variant.removeprefix(WEB_FRACTION_PREFIX)}% of the web photos"
-    return VARIANT_NAMES[variant]
+    fraction = web_fraction_of(variant)
+    return VARIANT_NAMES[variant] if fraction is None else f"+ Stage II, curriculum, {100 * fraction:.0f}% of the web photos"
 
 
 def _variant_order(variant: str) -> float:
     """The paper's variants in their order, then the web-fraction cells by fraction."""
-    if variant in VARIANTS:
-        return VARIANTS.index(variant)
-    return len(VARIANTS) + int(variant.removeprefix(WEB_FRACTION_PREFIX)) / 100
+    fraction = web_fraction_of(variant)
+    return VARIANTS.index(variant) if fraction is None else len(VARIANTS) + fraction
+
+
 GROUPS = ("frequent", "rare")
 
 
@@ -245,7 +250,7 @@ def web_fraction_curve(table: pd.DataFrame) -> tuple[str, pd.DataFrame] | None:
     loss = str(cells["loss"].iloc[0])
     rows = table[table["loss"] == loss]
     points = {"stage1": 0.0, "stage2-curriculum": 1.0}
-    points |= {v: int(v.removeprefix(WEB_FRACTION_PREFIX)) / 100 for v in cells["variant"].unique()}
+    points |= {v: web_fraction_of(v) or 0.0 for v in cells["variant"].unique()}
     curve = []
     for variant, fraction in sorted(points.items(), key=lambda item: item[1]):
         values = rows.loc[rows["variant"] == variant, "rsum"]

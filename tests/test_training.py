@@ -162,3 +162,14 @@ def test_a_stage_says_how_long_it_will_take_before_its_first_epoch_ends(tiny_pre
     assert len(estimates) == 1 and estimates[0] < first_epoch, lines
     steps = int(re.search(r"x (\d+) steps/epoch", lines[estimates[0]]).group(1))
     assert steps == math.ceil(600 * 5 / 32)  # every caption of the 600 training images once per epoch, 32 a batch
+
+
+def test_the_precision_setting_reaches_the_training_steps(tiny_precomp: Path, tmp_path: Path) -> None:
+    """Same seed, same batches: bf16 autocast changes the arithmetic (other losses), not the learning."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        settings = RunSettings(stage1=replace(FAST, epochs=2, lambda_tag=0.0), precision=precision, device="cpu", **SMALL)
+        train_run(tmp_path / precision, DataSource(str(tiny_precomp)), settings, **QUIET)
+        losses[precision] = pd.read_parquet(tmp_path / precision / "metrics.parquet")["train_loss"].to_numpy()
+    assert (losses["fp32"] != losses["bf16"]).all()  # bf16 did run: the same steps give other numbers
+    assert abs(losses["bf16"] - losses["fp32"]).max() < 0.05 * losses["fp32"].max()  # and nearly the same ones
