@@ -23,12 +23,13 @@ from storage.errors import InputError, MissingInputError, WebvseError
 from storage.layout import DataRoot
 from tasks.clean_data import ingest_karpathy
 from tasks.crawl import CrawlConfig, crawl_local, run_crawl
-from tasks.evaluation import REPORT_DIR, evaluate_run, format_table, latest_runs
+from tasks.evaluation import REPORT_DIR, evaluate_run, format_table, latest_runs, model_in_use
 from tasks.features import FeatureSettings, compute_features, images_to_encode
 from tasks.flickr_client import FLICKR_REST_URL
 from tasks.keywords import run_keywords
 from tasks.orchestration import TASK_RUNNER_ENV, brief_known_errors, shield_temporary_server_from_ctrl_c
 from tasks.pipeline_config import STEPS, PipelineConfig, config_from_dict, demo_config, load_config, merge_dotted
+from tasks.promotion import NIGHTS_PLOT, model_history, rollback
 from tasks.search import search_images
 from tasks.text_backends import BACKENDS, DEFAULT_SPACY_MODEL, load_backend
 from tasks.training import RunSettings, default_stage2, train_run
@@ -41,6 +42,7 @@ from webvse_model.metrics import PROTOCOLS
 from webvse_model.precision import PRECISIONS
 from webvse_model.train import StageConfig
 from webvse_world.mirflickr import import_mirflickr
+from webvse_world.web import advance_clock
 
 
 def _positive_int(text: str) -> int:
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole pipeline (Prefect flow) on the embedded offline world")
     _add_common(demo)
     demo.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="steps to re-run past the cache")
+    demo.add_argument("--nightly", action="store_true",
+                      help="one night of the night cycle on the demo (word vectors from the captions only; 'webvse world --next-night' brings a day)")  # fmt: skip
 
     run = sub.add_parser("run", help="run the Prefect flow `webvse` (all steps or --steps) with a YAML config")
     _add_common(run)
@@ -91,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", nargs="+", choices=STEPS, default=None, help="run only these steps")
     run.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="re-run these (and what depends on them)")
     run.add_argument("--task-runner", choices=("thread", "dask"), default=None, help="Prefect task runner (default: thread)")
+    run.add_argument("--nightly", action="store_true",
+                     help="one night of the nightly cycle: crawl the new uploads, continue the model in use, promote it only if better")  # fmt: skip
 
     experiment = sub.add_parser("experiment", help="the paper's grid: {VSE, VSE++} x {baseline, Stage I, Stage II +- curriculum} x seeds")
     _add_common(experiment)
@@ -103,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="text -> images with a trained run; writes an HTML gallery")
     _add_common(search)
     search.add_argument("query")
-    search.add_argument("--run", default=None, help="run id or folder (default: the last evaluated Stage II run)")
+    search.add_argument("--run", default=None, help="run id or folder (default: the model in use, else the last evaluated run)")
     search.add_argument("-k", type=int, default=5)
     search.add_argument("--split", default=None, help="image set: a split of the run's data (default: test)")
 
@@ -136,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--owners", type=_positive_int, default=WebSizes.owners,
         help="distinct uploaders; with at most 5 photos kept per owner across the crawl, this caps how much web data it can keep",
     )  # fmt: skip
+    world.add_argument("--nights", type=int, default=WebSizes.nights, help="days of future uploads beyond the corpus clock")
+    world.add_argument("--next-night", action="store_true", help="move the existing corpus's clock on a day: the next night's uploads appear")
+
+    models = sub.add_parser("models", help="the model in use and every promotion decision (runs/models.parquet)")
+    _add_common(models)
+    back = sub.add_parser("rollback", help="put back the model in use before the current one (or --to RUN)")
+    _add_common(back)
+    back.add_argument("--to", default=None, help="run id or folder to put in use instead")
 
     server = sub.add_parser("flickr-server", help="serve a corpus through a Flickr-compatible API on 127.0.0.1")
     server.add_argument("--corpus", required=True, help="corpus folder (photos.parquet + images/), e.g. webvse-data/world/corpus")
@@ -170,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     where = crawl.add_mutually_exclusive_group()
     where.add_argument("--api-url", default=FLICKR_REST_URL, help="Flickr REST endpoint (key in FLICKR_API_KEY/FLICKR_API_SECRET)")
     where.add_argument("--local-corpus", default=None, help="serve this corpus on 127.0.0.1 for the crawl (the offline world)")
+    crawl.add_argument("--mode", choices=("incremental", "fresh"), default="incremental",
+                       help="incremental: the photos uploaded since the last crawl; fresh: start over in a new folder that replaces web/ when done")  # fmt: skip
     crawl.add_argument("--per-keyword", type=int, default=200)
+    crawl.add_argument("--new-per-keyword", type=int, default=50, help="incremental crawls after the first: new photos per keyword")
     crawl.add_argument("--per-page", type=int, default=250)
     crawl.add_argument("--max-keywords", type=int, default=None)
     crawl.add_argument("--calls-per-hour", type=int, default=3600, help="API calls per key per hour (Flickr allows 3,600)")
@@ -267,7 +284,8 @@ def run_tags(config: PipelineConfig, config_name: str) -> list[str]:
 
 
 def _run_flow(
-    config: PipelineConfig, steps: list[str] | None, refresh: list[str], task_runner: str | None = None, config_name: str = "defaults"
+    config: PipelineConfig, steps: list[str] | None, refresh: list[str], task_runner: str | None = None, config_name: str = "defaults",
+    nightly: bool = False,
 ) -> dict[str, Any]:
     if task_runner:
         os.environ[TASK_RUNNER_ENV] = task_runner  # read when flows.pipeline is imported (the flow's runner)
@@ -279,7 +297,7 @@ def _run_flow(
     print(f"task runner: {type(webvse.task_runner).__name__}", flush=True)
     started = time.perf_counter()
     with tags(*run_tags(config, config_name)):  # the UI tells runs of different roots and configs apart
-        outcome = webvse(config=config, steps=steps, refresh=refresh)
+        outcome = webvse(config=config, steps=steps, refresh=refresh, nightly=nightly)
     outcome["seconds"] = time.perf_counter() - started
     return outcome
 
@@ -294,13 +312,19 @@ def _print_outcome(config: PipelineConfig, outcome: dict[str, Any]) -> None:
     report = config.root.runs_dir / REPORT_DIR
     if (report / "results.md").is_file():
         print(f"report (results.md, recall_at_k.png, training.png): {report}")
+    promotion = outcome.get("promotion")
+    if promotion and "candidate_val_rsum" in promotion:
+        verdict = "promoted" if promotion["promoted"] else "not promoted"
+        print(f"{verdict}: {promotion['reason']}; model in use: {promotion['in_use']}")
     print(f"pipeline finished in {outcome['seconds']:.1f}s")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The offline world -> local Flickr server -> the whole flow -> VSE++ baseline vs Stage I vs Stage II."""
     config = demo_config(str(DataRoot.resolve(args.data_root).root)).model_copy(update={"device": args.device, "precision": args.precision})
-    _print_outcome(config, _run_flow(config, None, args.refresh, config_name="demo"))
+    if args.nightly:  # as the nightly deployment: a word space that stays put, so the model in use can be continued
+        config = config.model_copy(update={"vectors": config.vectors.model_copy(update={"web_tags": False})})
+    _print_outcome(config, _run_flow(config, None, args.refresh, config_name="demo", nightly=args.nightly))
 
 
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -316,7 +340,7 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace) -> None:
     config = _config_from_args(args)
     name = Path(args.config).name if args.config else "defaults"
-    _print_outcome(config, _run_flow(config, args.steps, args.refresh, args.task_runner, name))
+    _print_outcome(config, _run_flow(config, args.steps, args.refresh, args.task_runner, name, args.nightly))
 
 
 def _config_from_args(args: argparse.Namespace, base: PipelineConfig | None = None) -> PipelineConfig:
@@ -352,7 +376,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
-    run = _resolve_run(root, args.run) if args.run else Path(list(latest_runs(root).values())[-1])
+    run = _resolve_run(root, args.run) if args.run else (model_in_use(root) or Path(list(latest_runs(root).values())[-1]))
     result = search_images(run, args.query, args.k, args.split, args.device)
     print(f"{args.query!r} with {run.name}/{result.stage}" + (f" (unknown words: {', '.join(result.unknown_words)})" if result.unknown_words else ""))
     for rank, (path, score) in enumerate(result.hits, start=1):
@@ -362,13 +386,32 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 def cmd_world(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
-    settings = WorldSettings(
-        CleanSizes(train=args.train, val=args.val, test=args.test), WebSizes(photos_per_object=args.photos_per_object, owners=args.owners),
-        args.seed,
-    )
+    if args.next_night:
+        now = advance_clock(root.world_corpus_dir)
+        print(f"{root.world_corpus_dir}: it is now {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(now))}; the next crawl sees that day's uploads")
+        return
+    web = WebSizes(photos_per_object=args.photos_per_object, owners=args.owners, nights=args.nights)
+    settings = WorldSettings(CleanSizes(train=args.train, val=args.val, test=args.test), web, args.seed)
     paths = generate_world(root, settings)
     print(f"captioned dataset: {paths.karpathy_json}" + (" (already generated)" if paths.reused else ""))
     print(f"Flickr corpus:     {paths.corpus_dir}   serve it with: webvse flickr-server --corpus {paths.corpus_dir}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    root = DataRoot.resolve(args.data_root)
+    history = model_history(root)
+    if history.empty:
+        print(f"no promotion decision yet under {root.runs_dir} (a pipeline run ends with one)")
+        return
+    columns = ["decided_at", "night", "candidate", "candidate_val_rsum", "in_use_val_rsum", "promoted", "test_rsum", "new_photos"]
+    print(history[columns].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(f"model in use: {model_in_use(root)}")
+    print(f"plot: {root.runs_dir / REPORT_DIR / NIGHTS_PLOT}")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    root = DataRoot.resolve(args.data_root)
+    rollback(root, _resolve_run(root, args.to) if args.to else None)
 
 
 def cmd_flickr_server(args: argparse.Namespace) -> None:
@@ -396,10 +439,11 @@ def cmd_vectors(args: argparse.Namespace) -> None:
 
 def cmd_crawl(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
-    settings = dict(per_keyword=args.per_keyword, per_page=args.per_page, max_keywords=args.max_keywords,
-                    calls_per_hour=args.calls_per_hour, download_workers=args.download_workers)  # fmt: skip
+    settings = dict(per_keyword=args.per_keyword, new_per_keyword=args.new_per_keyword, mode=args.mode, per_page=args.per_page,
+                    max_keywords=args.max_keywords, calls_per_hour=args.calls_per_hour, download_workers=args.download_workers)  # fmt: skip
     summary = crawl_local(root, args.local_corpus, **settings) if args.local_corpus else run_crawl(root, CrawlConfig(api_url=args.api_url, **settings))
-    print(f"kept {summary['kept']} photos with {summary['api_calls']} API calls in {summary['seconds']:.1f}s -> {root.web_photos}")
+    print(f"night {summary['night']} ({summary['mode']}) added {summary['new_kept']} photos; kept {summary['kept']} in all, "
+          f"with {summary['api_calls']} API calls in {summary['seconds']:.1f}s -> {root.web_photos}")  # fmt: skip
     for status, count in sorted(summary["statuses"].items()):
         print(f"  {status:<28}{count:>7}")
 
@@ -450,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world,
         "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors, "crawl": cmd_crawl,
         "features": cmd_features, "import-flickr8k": cmd_import_flickr8k, "import-mirflickr": cmd_import_mirflickr, "run": cmd_run, "search": cmd_search,
-        "experiment": cmd_experiment,
+        "experiment": cmd_experiment, "models": cmd_models, "rollback": cmd_rollback,
     }  # fmt: skip
     try:
         handlers[args.command](args)

@@ -1,10 +1,16 @@
-"""The ``webvse`` flow: keywords -> crawl -> features -> vectors -> stage1 -> stage2 -> evaluate.
+"""The ``webvse`` flow: keywords -> crawl -> features -> vectors -> stage1 -> stage2 -> evaluate -> promote.
 
 Composition only. Each step is a task of ``tasks/`` with its own retries and a cache
 keyed on its parameters, its code and the content of the files it reads (see
 :mod:`tasks.orchestration`), so a second run of the same configuration is served
 from cache, ``refresh=["crawl"]`` re-runs the crawl and what depends on it, and
 ``steps=["evaluate"]`` re-evaluates the last compared runs alone.
+
+``nightly=True`` is one night of the nightly cycle: the crawl runs once per night (the
+night's date joins its cache key) and adds the photos uploaded since the last crawl; Stage
+I stays cached unless the clean data or its settings changed; Stage II continues the model
+in use on the grown web corpus (run ``night-<date>-<fingerprint>``); the promote step
+makes it the model in use only if it validates better (:mod:`tasks.promotion`).
 
 The task runner is Prefect's ThreadPoolTaskRunner unless ``$WEBVSE_TASK_RUNNER=dask``
 (prefect-dask; ``$WEBVSE_DASK_ADDRESS`` joins an existing Dask cluster). It is read
@@ -20,12 +26,13 @@ from typing import Any
 from prefect import flow, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.crawl import crawl_step
+from tasks.crawl import crawl_night, crawl_step
 from tasks.evaluation import evaluate_step
 from tasks.features import feature_chunks_step, features_id, features_shard_step, features_step
 from tasks.keywords import keywords_step
 from tasks.orchestration import DASK_ADDRESS_ENV, TASK_RUNNER_ENV, StepPlan, configured
 from tasks.pipeline_config import PipelineConfig, Step
+from tasks.promotion import model_in_use, promote_step, test_rsum_of
 from tasks.training import run_settings, stage1_step, stage2_step
 from tasks.training_data import DataSource
 from tasks.word_vectors import vectors_step
@@ -42,8 +49,9 @@ def task_runner_from_environment() -> TaskRunner[Any]:
     return ThreadPoolTaskRunner(max_workers=4)
 
 
-def prepare_data(config: PipelineConfig, plan: StepPlan) -> DataSource:
-    """world -> keywords -> crawl -> features -> vectors (those the plan selects); the training source."""
+def prepare_data(config: PipelineConfig, plan: StepPlan, nightly: bool = False) -> DataSource:
+    """world -> keywords -> crawl -> features -> vectors (those the plan selects); the training source.
+    ``nightly``: the crawl is cached per night (see the module's docstring), not once for all."""
     root = config.root.ensure_writable()
     data_root = str(root.root)
     if plan.runs("world") and config.uses_world:
@@ -51,7 +59,8 @@ def prepare_data(config: PipelineConfig, plan: StepPlan) -> DataSource:
     if plan.runs("keywords"):
         configured(keywords_step, "keywords", root, plan, config.retries)(data_root, config.karpathy_path(), config.dataset.image_root, config.keywords)
     if plan.runs("crawl"):
-        configured(crawl_step, "crawl", root, plan, config.retries)(data_root, config.crawl, config.corpus_path())
+        night = crawl_night(config.corpus_path()) if nightly else None
+        configured(crawl_step, "crawl", root, plan, config.retries)(data_root, config.crawl, config.corpus_path(), night)
     if plan.runs("features"):
         if config.features.parallel_shards > 1:
             chunks = feature_chunks_step(data_root, config.features, config.features.parallel_shards, config.device, config.precision)
@@ -66,12 +75,15 @@ def prepare_data(config: PipelineConfig, plan: StepPlan) -> DataSource:
 
 
 @flow(name="webvse", task_runner=task_runner_from_environment(), log_prints=True)
-def webvse(config: PipelineConfig = PipelineConfig(), steps: list[Step] | None = None, refresh: list[Step] | None = None) -> dict[str, Any]:
-    """Webly supervised joint embeddings, end to end; returns the evaluation table and run folders."""
+def webvse(
+    config: PipelineConfig = PipelineConfig(), steps: list[Step] | None = None, refresh: list[Step] | None = None, nightly: bool = False
+) -> dict[str, Any]:
+    """Webly supervised joint embeddings, end to end; returns the evaluation table, run folders and promotion."""
     plan = StepPlan.make(steps, refresh or [])
     root = config.root
     data_root = str(root.root)
-    source = prepare_data(config, plan)
+    source = prepare_data(config, plan, nightly)
+    night = crawl_night(config.corpus_path())
 
     def step(name: Step, task: Any) -> Any:
         return configured(task, name, root, plan, config.retries)
@@ -86,9 +98,14 @@ def webvse(config: PipelineConfig = PipelineConfig(), steps: list[Step] | None =
         }
         runs = {label: result["run_dir"] for label, result in stage1.items()}
         if plan.runs("stage2"):
+            in_use = model_in_use(root) if nightly else None
             result = step("stage2", stage2_step)(
-                data_root, stage1["webly"]["run_dir"], source, run_settings(config.train, config.device, precision=config.precision), "webly", fresh=plan.fresh("stage2")
-            )
+                data_root, stage1["webly"]["run_dir"], source, run_settings(config.train, config.device, precision=config.precision),
+                f"night-{night}" if nightly else "webly", start_from=str(in_use) if in_use else None, fresh=plan.fresh("stage2"),
+            )  # fmt: skip
             runs["webly"] = result["run_dir"]
     table = step("evaluate", evaluate_step)(data_root, runs or None, config.evaluate, config.device) if plan.runs("evaluate") else []
-    return {"runs": runs, "results": table}
+    promotion = None
+    if plan.runs("promote") and "webly" in runs:
+        promotion = step("promote", promote_step)(data_root, runs["webly"], config.promote, night, test_rsum_of(table, "webly"), config.device)
+    return {"runs": runs, "results": table, "promotion": promotion}

@@ -42,9 +42,14 @@ def _checked_name(kind: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class DataRoot:
-    """The one folder holding everything a pipeline run makes."""
+    """The one folder holding everything a pipeline run makes.
+
+    ``web_folder`` is the crawl's folder: ``web``, or ``web.fresh`` while a fresh crawl
+    builds its replacement (see :meth:`fresh_crawl`).
+    """
 
     root: Path
+    web_folder: str = "web"
 
     @classmethod
     def resolve(cls, root: str | os.PathLike[str] | None = None) -> DataRoot:
@@ -88,7 +93,16 @@ class DataRoot:
     # web corpus --------------------------------------------------------------------
     @property
     def web_dir(self) -> Path:
-        return self.root / "web"
+        return self.root / self.web_folder
+
+    def fresh_crawl(self) -> DataRoot:
+        """The same root with the crawl in ``web.fresh/``: a fresh crawl's staging folder."""
+        return DataRoot(self.root, "web.fresh")
+
+    @property
+    def replaced_web_dir(self) -> Path:
+        """Where ``web/`` waits while a finished fresh crawl takes its place (deleted right after)."""
+        return self.root / "web.replaced"
 
     @property
     def web_photos(self) -> Path:
@@ -102,6 +116,11 @@ class DataRoot:
     @property
     def crawl_progress(self) -> Path:
         return self.web_dir / "crawl_progress.parquet"
+
+    @property
+    def crawl_nights(self) -> Path:
+        """One row per crawl night: its upload-time bound and how many photos it added."""
+        return self.web_dir / "crawl_nights.parquet"
 
     @property
     def web_images_dir(self) -> Path:
@@ -146,6 +165,16 @@ class DataRoot:
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / _checked_name("run id", run_id)
+
+    @property
+    def in_use_file(self) -> Path:
+        """The model in use (``webvse search``, ``re-evaluate``): set by promotion and rollback."""
+        return self.runs_dir / "in_use.json"
+
+    @property
+    def models_history(self) -> Path:
+        """Every promotion decision and rollback (``storage.tables.MODELS``)."""
+        return self.runs_dir / "models.parquet"
 
     @property
     def cache_dir(self) -> Path:

@@ -33,10 +33,16 @@ class TableError(InputError):
 
 @dataclass(frozen=True)
 class TableSchema:
-    """A named Parquet schema; ``name`` appears in every error about it."""
+    """A named Parquet schema; ``name`` appears in every error about it.
+
+    ``added`` names columns added to a table after files of it were written, with the value
+    an older file's rows read as (``{"night": 1}``: a crawl made before crawl nights were
+    recorded was its root's first night), so a table grows without stranding its old files.
+    """
 
     name: str
     schema: pa.Schema
+    added: tuple[tuple[str, object], ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -104,6 +110,9 @@ def feature_schema(dim: int) -> TableSchema:
 
 def _to_arrow(frame: pd.DataFrame | pa.Table, spec: TableSchema, where: Path) -> pa.Table:
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    for column, value in spec.added:
+        if column not in table.column_names:
+            table = table.append_column(column, pa.array([value] * table.num_rows, spec.schema.field(column).type))
     missing = [c for c in spec.columns if c not in table.column_names]
     if missing:
         raise TableError(f"{spec.name} for {where}: missing columns {missing}")
@@ -260,6 +269,42 @@ WEB_PHOTOS = TableSchema(
             ("height", pa.int32()),
             ("status", pa.string()),
             ("fetched_at", pa.string()),
+            ("night", pa.int32()),  # the crawl night that decided the photo (1 = the first crawl)
+        ]
+    ),
+    added=(("night", 1),),
+)
+CRAWL_NIGHTS = TableSchema(
+    "web/crawl_nights",
+    pa.schema(
+        [
+            ("night", pa.int32()),
+            ("mode", pa.string()),  # incremental | fresh
+            ("until", pa.int64()),  # the upload-time bound of every search of the night (the clock when it began)
+            ("started_at", pa.string()),
+            ("finished", pa.bool_()),
+            ("new_kept", pa.int64()),
+            ("kept_total", pa.int64()),
+            ("api_calls", pa.int64()),
+        ]
+    ),
+)
+MODELS = TableSchema(
+    "runs/models",
+    pa.schema(
+        [
+            ("decided_at", pa.string()),
+            ("night", pa.string()),
+            ("candidate", pa.string()),  # run folders, relative to runs/
+            ("candidate_val_rsum", pa.float64()),
+            ("in_use", pa.string()),  # the model in use before the decision ("" = none)
+            ("in_use_val_rsum", pa.float64()),
+            ("margin", pa.float64()),
+            ("promoted", pa.bool_()),
+            ("reason", pa.string()),
+            ("test_rsum", pa.float64()),
+            ("web_photos", pa.int64()),
+            ("new_photos", pa.int64()),
         ]
     ),
 )

@@ -5,6 +5,13 @@ page by page (``per_page`` <= 500, never ``walk()``) until ``per_keyword`` photo
 kept. Flickr serves at most 4,000 results per query: when a keyword needs more, the
 upload-date range is halved and each half searched again, newest first.
 
+**Nights** (:mod:`tasks.crawl_state`): a crawl searches photos uploaded up to the clock
+at its start. Run again (``mode="incremental"``, the default), it continues: each keyword
+is searched only from its last crawl on (Flickr's ``min_upload_date``), at most
+``new_per_keyword`` new photos are kept per keyword, and the filters hold over every
+night's photos. ``mode="fresh"`` crawls from nothing into ``web.fresh/``, which replaces
+``web/`` only once it has finished.
+
 **Filters** (in this order, all as in the paper): licence (server-side and checked);
 at least 2 English tags (:func:`tasks.web_tags.english_tags`); at most 5 kept photos per
 owner across the whole crawl; not the same first 5 tags (as given) as a kept photo. A
@@ -21,6 +28,7 @@ and files no row refers to are removed at the end.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,13 +47,14 @@ from storage.errors import InputError
 from storage.layout import DataRoot, user_state_dir
 from storage.locks import exclusive
 from storage.tables import KEYWORDS, read_table
-from tasks.crawl_state import CrawlState
+from tasks.crawl_state import KEYWORD_DONE, CrawlState
 from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
 from tasks.flickr_client import FLICKR_REST_URL, OFFLINE_KEY, Credentials, FlickrClient, RetryPolicy
 from tasks.orchestration import pipeline_task, root_of, step_logger
-from tasks.pipeline_config import CrawlSettings
+from tasks.pipeline_config import CrawlMode, CrawlSettings
 from tasks.web_tags import english_lexicon, english_tag_count, english_tags
 from webvse_world.flickr_server import FlickrServer
+from webvse_world.web import read_clock
 
 RESULT_CAP = 4000
 CC_LICENSES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 9)  # the Creative Commons licences, CC0 included
@@ -56,6 +65,8 @@ FLICKR_LAUNCH = 1072915200  # 2004-01-01
 class CrawlConfig:
     api_url: str = FLICKR_REST_URL
     per_keyword: int = 200
+    new_per_keyword: int = 50  # photos per keyword per later night
+    mode: CrawlMode = "incremental"
     per_page: int = 250
     max_keywords: int | None = None
     search_field: str = "text"
@@ -69,15 +80,16 @@ class CrawlConfig:
     calls_per_hour: int = 3600
     download_workers: int = 4
     earliest_upload: int = FLICKR_LAUNCH
-    latest_upload: int = 1_893_456_000  # 2030-01-01: fixed, so that windows are the same on every resume
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     download: DownloadPolicy = field(default_factory=DownloadPolicy)
 
     def __post_init__(self) -> None:
         if not 1 <= self.per_page <= 500:
             raise InputError(f"crawl.per_page must be in 1..500, got {self.per_page}")
-        if self.per_keyword < 1 or self.max_per_owner < 1 or self.min_english_tags < 0:
-            raise InputError("crawl.per_keyword and crawl.max_per_owner must be >= 1, crawl.min_english_tags >= 0")
+        if min(self.per_keyword, self.new_per_keyword, self.max_per_owner) < 1 or self.min_english_tags < 0:
+            raise InputError("crawl.per_keyword, crawl.new_per_keyword and crawl.max_per_owner must be >= 1, crawl.min_english_tags >= 0")
+        if self.mode not in ("incremental", "fresh"):
+            raise InputError(f"crawl.mode must be 'incremental' or 'fresh', got {self.mode!r}")
         if self.search_field not in ("text", "tags"):
             raise InputError(f"crawl.search_field must be 'text' or 'tags', got {self.search_field!r}")
 
@@ -90,8 +102,9 @@ class Crawler:
         credentials: Credentials,
         log: Callable[[str], None] = print,
         before_call: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.root, self.config, self.log = root, config, log
+        self.root, self.config, self.log, self.clock = root, config, log, clock
         self.client = FlickrClient(
             credentials,
             config.api_url,
@@ -145,7 +158,7 @@ class Crawler:
             "photo_id": photo["id"], "owner": owner, "keyword": keyword, "keyword_rank": rank, "keywords": [keyword],
             "tags": tags, "english_tags": english, "title": str(photo.get("title") or ""), "license": license_id,
             "url": str(photo.get(self.config.size) or ""), "path": "", "sha256": "", "width": 0, "height": 0, "status": status,
-            "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "night": state.night["night"],
         }  # fmt: skip
         if status == "kept":
             state.count_kept(row)  # tentatively: undone if its download fails (see _decide_page)
@@ -161,7 +174,7 @@ class Crawler:
         row.update(path=got.path, sha256=got.sha256, width=got.width, height=got.height)
         return None
 
-    def _decide_page(self, photos: list[dict[str, Any]], keyword: str, rank: int) -> tuple[list[dict[str, Any]], list[str]]:
+    def _decide_page(self, photos: list[dict[str, Any]], keyword: str, rank: int, target: int) -> tuple[list[dict[str, Any]], list[str]]:
         """Decide a page's photos and download the kept ones; returns the rows and the download problems.
 
         Only a photo actually stored takes a place in the keyword's quota, an owner's 5 slots
@@ -179,7 +192,7 @@ class Crawler:
         while True:
             rows = []
             for photo in identified:
-                if state.kept_for[keyword] >= cfg.per_keyword:
+                if state.kept_for[keyword] >= target:
                     break
                 if photo["id"] in final:
                     continue
@@ -200,8 +213,8 @@ class Crawler:
             # the rejections of this round may be due to the failed photos: they are decided again
 
     # ---------------------------------------------------------------- searching
-    def _window(self, keyword: str, rank: int, lo: int, hi: int, depth: int = 0) -> bool:
-        """Search one date window; True if the keyword reached its target.
+    def _window(self, keyword: str, rank: int, lo: int, hi: int, target: int, depth: int = 0) -> bool:
+        """Search one date window; True if the keyword reached its ``target`` (kept photos, all nights).
 
         The full range is paged up to the cap; a sub-window that still holds more than the
         cap is split after its first page instead of paging through known photos, down to
@@ -214,7 +227,7 @@ class Crawler:
         page, capped = (int(saved["pages_done"]) if saved else 0) + 1, bool(saved and saved["split"])
         finished = bool(saved and saved["done"])
         splittable, total = hi > lo, 0
-        while not finished and state.kept_for[keyword] < cfg.per_keyword:
+        while not finished and state.kept_for[keyword] < target:
             if (page - 1) * cfg.per_page >= RESULT_CAP:
                 capped = True
                 break
@@ -222,28 +235,28 @@ class Crawler:
                       "license": ",".join(map(str, cfg.licenses)), "min_upload_date": lo, "max_upload_date": hi}  # fmt: skip
             result = self.client.search(**params)
             total = result["total"]
-            new_rows, problems = self._decide_page(result["photo"], keyword, rank)
+            new_rows, problems = self._decide_page(result["photo"], keyword, rank, target)
             for row in new_rows:
                 state.record(row)
             last = page >= result["pages"] or not result["photo"]
             # a sub-window still over the cap is split after its first page, not paged through
             capped = capped or (not last and splittable and (depth > 0 or page * cfg.per_page >= RESULT_CAP) and total > RESULT_CAP)
-            finished = last or capped or state.kept_for[keyword] >= cfg.per_keyword
+            finished = last or capped or state.kept_for[keyword] >= target
             state.commit(key, page, finished, capped, self.client.calls)
             stored = sum(r["status"] == "kept" for r in new_rows)
             failed = sum(r["status"] == "failed_download" for r in new_rows)
             self.log(f"crawl: '{keyword}' page {page}/{result['pages']} (window {lo}..{hi}): {stored} stored"
                      + (f", {failed} failed to download ({'; '.join(problems[:3])})" if failed else "")
-                     + f"; {state.kept_for[keyword]}/{cfg.per_keyword} for the keyword")  # fmt: skip
+                     + f"; {state.kept_for[keyword]}/{target} for the keyword")  # fmt: skip
             page += 1
-        if capped and state.kept_for[keyword] < cfg.per_keyword and splittable:
+        if capped and state.kept_for[keyword] < target and splittable:
             mid = (lo + hi) // 2
-            return self._window(keyword, rank, mid + 1, hi, depth + 1) or self._window(keyword, rank, lo, mid, depth + 1)
-        if capped and not splittable and total > RESULT_CAP and state.kept_for[keyword] < cfg.per_keyword:
+            return self._window(keyword, rank, mid + 1, hi, target, depth + 1) or self._window(keyword, rank, lo, mid, target, depth + 1)
+        if capped and not splittable and total > RESULT_CAP and state.kept_for[keyword] < target:
             self.unreachable[keyword] += total - RESULT_CAP
             self.log(f"crawl: '{keyword}': {total - RESULT_CAP} results uploaded in the same second ({lo}) lie beyond Flickr's "
                      f"{RESULT_CAP}-result cap and cannot be reached by any query")  # fmt: skip
-        return state.kept_for[keyword] >= cfg.per_keyword
+        return state.kept_for[keyword] >= target
 
     def run(self) -> dict[str, Any]:
         cfg, state = self.config, self.state
@@ -251,27 +264,43 @@ class Crawler:
         keywords = read_table(self.root.keywords, KEYWORDS).sort_values("rank")
         if cfg.max_keywords is not None:
             keywords = keywords.head(cfg.max_keywords)
+        night = state.open_night(cfg.mode, int(self.clock()))
+        until = int(night["until"])
+        self.log(f"crawl: night {night['night']}, photos uploaded up to {_utc(until)}")
         for keyword, rank in zip(keywords["keyword"], keywords["rank"]):
-            if state.keyword_done(keyword):
+            if state.keyword_done(keyword, until):
                 continue
-            self._window(keyword, int(rank), cfg.earliest_upload, cfg.latest_upload)
-            state.commit((keyword, -1, -1), 0, True, False, self.client.calls)  # the keyword as a whole is finished
+            since = state.keyword_since(keyword)  # None: never crawled (a first night, or a keyword new to the list)
+            target = state.kept_before_night(keyword) + (cfg.per_keyword if since is None else cfg.new_per_keyword)
+            start = cfg.earliest_upload if since is None else since + 1
+            if start <= until:
+                self._window(keyword, int(rank), start, until, target)
+            state.commit((keyword, KEYWORD_DONE, until), 0, True, False, self.client.calls)  # the keyword is finished for the night
+        night = state.finish_night(self.client.calls - calls_before)
         removed = remove_orphans(self.root, state)
         statuses = Counter(row["status"] for row in state.rows.values())
         kept = statuses["kept"]
         seconds = time.perf_counter() - started
+        new = Counter(r["keyword"] for r in state.rows.values() if r["status"] == "kept" and r["night"] == night["night"])
         summary = {
             "kept": kept, "statuses": dict(statuses), "api_calls": self.client.calls - calls_before,
+            "night": night["night"], "mode": night["mode"], "until": until, "new_kept": sum(new.values()), "new_by_keyword": dict(new),
             "seconds": seconds, "orphans_removed": removed,
             "found_by_several_keywords": sum(len(r["keywords"]) > 1 for r in state.rows.values()),
             "malformed_without_id": self.malformed_without_id, "unreachable": dict(self.unreachable),
         }  # fmt: skip
         self.log(
-            f"crawl: {kept} photos kept; decisions by status {dict(statuses)}; {summary['api_calls']} API calls in {seconds:.1f}s"
+            f"crawl: night {night['night']} added {sum(new.values())} photos"
+            + (f" ({', '.join(f'{k} {n}' for k, n in new.most_common(10))}{' ...' if len(new) > 10 else ''})" if new else "")
+            + f"; {kept} photos kept in all; decisions by status {dict(statuses)}; {summary['api_calls']} API calls in {seconds:.1f}s"
             + (f"; {self.malformed_without_id} results without a photo id skipped" if self.malformed_without_id else "")
             + (f"; unreachable beyond the result cap: {dict(self.unreachable)}" if self.unreachable else "")
         )
         return summary
+
+
+def _utc(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _int_or(value: Any, default: int) -> int:
@@ -299,6 +328,7 @@ def run_crawl(
     credentials: Credentials | None = None,
     log: Callable[[str], None] = print,
     before_call: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
     """Crawl (or continue crawling) into ``web/``; credentials default to the environment.
 
@@ -307,16 +337,50 @@ def run_crawl(
     """
     credentials = credentials or Credentials.from_environment(config.api_url)
     with exclusive(root.crawl_lock, f"the crawl of {root.root}"):
-        swept = sweep_partial_writes(root.web_dir, recursive=True)
+        _finish_interrupted_swap(root, log)
+        target = root.fresh_crawl() if config.mode == "fresh" else root
+        swept = sweep_partial_writes(target.web_dir, recursive=True)
         if swept:
             log(f"crawl: removed {len(swept)} temporary file(s) left by an interrupted write")
-        return Crawler(root, config, credentials, log, before_call).run()
+        summary = Crawler(target, config, credentials, log, before_call, clock).run()
+        if config.mode == "fresh":
+            _replace_web(root, target, log)
+        return summary
+
+
+def _replace_web(root: DataRoot, fresh: DataRoot, log: Callable[[str], None]) -> None:
+    """The finished fresh crawl takes the place of ``web/``; the old crawl goes only now."""
+    if root.web_dir.exists():
+        root.web_dir.rename(root.replaced_web_dir)
+    fresh.web_dir.rename(root.web_dir)
+    shutil.rmtree(root.replaced_web_dir, ignore_errors=True)
+    log(f"crawl: the fresh crawl replaced {root.web_dir}")
+
+
+def _finish_interrupted_swap(root: DataRoot, log: Callable[[str], None]) -> None:
+    """A crash inside :func:`_replace_web`: put whichever crawl is complete back in ``web/``."""
+    if not root.replaced_web_dir.exists():
+        return
+    if not root.web_dir.exists():
+        root.replaced_web_dir.rename(root.web_dir)  # the fresh crawl was not moved in: it resumes from web.fresh/
+        log(f"crawl: restored {root.web_dir} after an interrupted replacement")
+    else:
+        shutil.rmtree(root.replaced_web_dir, ignore_errors=True)
 
 
 def crawl_local(root: DataRoot, corpus: str, log: Callable[[str], None] = print, **settings: Any) -> dict[str, Any]:
-    """Crawl the offline world: serve ``corpus`` on 127.0.0.1 for the duration of the crawl."""
+    """Crawl the offline world: serve ``corpus`` on 127.0.0.1 for the duration of the crawl,
+    on the corpus's clock (its simulated "now"; the real time for a corpus without one)."""
     with FlickrServer(corpus) as server:
-        return run_crawl(root, CrawlConfig(api_url=server.rest_url, **settings), Credentials(OFFLINE_KEY, "unused"), log)
+        now = server.corpus.now
+        clock = time.time if now is None else (lambda: float(now))
+        return run_crawl(root, CrawlConfig(api_url=server.rest_url, **settings), Credentials(OFFLINE_KEY, "unused"), log, clock=clock)
+
+
+def crawl_night(corpus: str | None) -> str:
+    """The date of the night a crawl would begin now: by the local corpus's clock, else the real one."""
+    now = read_clock(corpus) if corpus else None
+    return datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).strftime("%Y-%m-%d")
 
 
 # ------------------------------------------------------------------ the Prefect task
@@ -348,11 +412,15 @@ def _crawl_reads(inputs: dict[str, Any]) -> list[Path]:
     reads=_crawl_reads,
     writes=lambda i: [root_of(i).web_photos],
 )
-def crawl_step(root: str, settings: CrawlSettings, corpus: str | None) -> dict[str, Any]:
-    """Crawl Flickr (or the local corpus, served on 127.0.0.1 meanwhile); returns the summary."""
+def crawl_step(root: str, settings: CrawlSettings, corpus: str | None, night: str | None = None) -> dict[str, Any]:
+    """Crawl Flickr (or the local corpus, served on 127.0.0.1 meanwhile); returns the summary.
+
+    ``night`` (a date) is part of the cache key only: the nightly cycle crawls once per night,
+    while any other run keeps the cached crawl until its settings or keywords change.
+    """
     data_root, log = DataRoot.resolve(root), step_logger()
     options = dict(
-        per_keyword=settings.per_keyword, per_page=settings.per_page, max_keywords=settings.max_keywords,
+        per_keyword=settings.per_keyword, new_per_keyword=settings.new_per_keyword, mode=settings.mode, per_page=settings.per_page, max_keywords=settings.max_keywords,
         calls_per_hour=settings.calls_per_hour, download_workers=settings.download_workers, english=settings.english,
         retry=RetryPolicy(attempts=settings.request_attempts), download=DownloadPolicy(attempts=settings.request_attempts),
     )  # fmt: skip

@@ -8,11 +8,19 @@ in Arrow, and a commit converts only the rows decided or changed since (a page's
 photos, and older photos that another keyword found again), splices them in by decision
 order and writes; the file is byte-for-byte what the full rebuild wrote
 (``benchmarks/bench_crawl_commit.py``).
+
+**Nights.** A crawl is a sequence of nights (``web/crawl_nights.parquet``). Each night
+searches every keyword up to one fixed upload time, ``until`` (the clock when the night
+began, kept so that a resumed night searches the same windows); a keyword is searched
+from just after the ``until`` of the last night that finished it, so a later night meets
+only photos uploaded since. Every decision records its night; the owner and first-5-tags
+rules replay over all nights' photos, so they hold across the whole accumulated corpus.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +28,9 @@ import pandas as pd
 import pyarrow as pa
 
 from storage.layout import DataRoot
-from storage.tables import CRAWL_PROGRESS, WEB_PHOTOS, TableSchema, read_arrow, read_table, write_table
+from storage.tables import CRAWL_NIGHTS, CRAWL_PROGRESS, WEB_PHOTOS, TableSchema, read_arrow, read_table, write_table
+
+KEYWORD_DONE = -1  # window_start of a keyword's "finished for this night" row (window_end = the night's until)
 
 
 def _read_or_empty(path: Path, spec: TableSchema) -> pd.DataFrame:
@@ -45,6 +55,63 @@ class CrawlState:
                 self.count_kept(row)
         progress = _read_or_empty(root.crawl_progress, CRAWL_PROGRESS)
         self.progress = {(r["keyword"], int(r["window_start"]), int(r["window_end"])): r for r in progress.to_dict("records")}
+        self.nights: list[dict[str, Any]] = _read_or_empty(root.crawl_nights, CRAWL_NIGHTS).to_dict("records")
+        if not self.nights and self.rows:
+            self._adopt_unnamed_night()
+        self._kept_before: Counter[str] = Counter()
+
+    def _adopt_unnamed_night(self) -> None:
+        """A crawl made before nights were recorded becomes night 1, searched up to its last download
+        (when it ran, it could see nothing uploaded later); its keywords' "finished" rows, written with
+        ``window_end = -1`` then, are moved to that bound. Written at the next commit."""
+        until = max(int(datetime.fromisoformat(row["fetched_at"]).timestamp()) for row in self.rows.values())
+        for (keyword, start, end), row in list(self.progress.items()):
+            if start == KEYWORD_DONE and end == -1:
+                del self.progress[(keyword, start, end)]
+                self.progress[(keyword, start, until)] = {**row, "window_end": until}
+        kept = sum(row["status"] == "kept" for row in self.rows.values())
+        earliest = min(row["fetched_at"] for row in self.rows.values())
+        finished = all(row["done"] for (_, start, _), row in self.progress.items() if start == KEYWORD_DONE)
+        self.nights = [{"night": 1, "mode": "incremental", "until": until, "started_at": earliest, "finished": finished,
+                        "new_kept": kept, "kept_total": kept, "api_calls": 0}]  # fmt: skip
+
+    # ---------------------------------------------------------------- nights
+    @property
+    def night(self) -> dict[str, Any]:
+        """The night in progress (see :meth:`open_night`)."""
+        return self.nights[-1]
+
+    def open_night(self, mode: str, now: int) -> dict[str, Any]:
+        """Resume the unfinished night, or begin the next one with ``until = now``."""
+        if not self.nights or self.nights[-1]["finished"]:
+            number = len(self.nights) + 1
+            started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            self.nights.append({"night": number, "mode": mode, "until": int(now), "started_at": started, "finished": False,
+                                "new_kept": 0, "kept_total": 0, "api_calls": 0})  # fmt: skip
+            self._write_nights()
+        number = self.night["night"]
+        self._kept_before = Counter(r["keyword"] for r in self.rows.values() if r["status"] == "kept" and r["night"] < number)
+        return self.night
+
+    def keyword_since(self, keyword: str) -> int | None:
+        """The upload time up to which ``keyword`` was searched by a finished night (None: never)."""
+        ends = [end for (word, start, end), row in self.progress.items() if word == keyword and start == KEYWORD_DONE and row["done"]]
+        return max(ends, default=None)
+
+    def kept_before_night(self, keyword: str) -> int:
+        """Photos kept for ``keyword`` by earlier nights: this night's quota comes on top."""
+        return self._kept_before[keyword]
+
+    def finish_night(self, api_calls: int) -> dict[str, Any]:
+        night = self.night
+        kept = [r for r in self.rows.values() if r["status"] == "kept"]
+        night.update(finished=True, new_kept=sum(r["night"] == night["night"] for r in kept), kept_total=len(kept),
+                     api_calls=int(night["api_calls"]) + api_calls)  # fmt: skip
+        self._write_nights()
+        return night
+
+    def _write_nights(self) -> None:
+        write_table(self.root.crawl_nights, pd.DataFrame(self.nights), CRAWL_NIGHTS)
 
     def count_kept(self, row: dict[str, Any]) -> None:
         self.owner_kept[row["owner"]] += 1
@@ -64,8 +131,9 @@ class CrawlState:
         self.rows[photo_id] = row
         self._changed.add(photo_id)
 
-    def keyword_done(self, keyword: str) -> bool:
-        return bool(self.progress.get((keyword, -1, -1), {}).get("done", False))
+    def keyword_done(self, keyword: str, until: int) -> bool:
+        """``keyword`` was searched up to ``until`` (this night's bound) to the end."""
+        return bool(self.progress.get((keyword, KEYWORD_DONE, until), {}).get("done", False))
 
     def photos_table(self) -> pa.Table:
         """Every decision in decision order: the written table with the recorded rows converted

@@ -194,11 +194,29 @@ def report_runs(
     return Report(table, markdown, files)
 
 
+def model_in_use(root: DataRoot) -> Path | None:
+    """The run of the model in use (``runs/in_use.json``, see :mod:`tasks.promotion`); None before the first promotion."""
+    if not root.in_use_file.is_file():
+        return None
+    recorded = json.loads(root.in_use_file.read_text(encoding="utf-8"))
+    run = Path(os.path.normpath(root.runs_dir / recorded["run"]))
+    if not (run / "config.json").is_file():
+        raise MissingInputError(f"{root.in_use_file} names {run}, which is not a run folder any more: 'webvse rollback --to RUN' sets another")
+    return run
+
+
 def latest_runs(root: DataRoot) -> dict[str, str]:
-    """The runs the last evaluation compared, else the newest run folder (absolute paths)."""
+    """The runs the last evaluation compared, with the model in use as ``in-use`` where it is not
+    among them (it may have been promoted nights ago), else the newest run folder (absolute paths)."""
+    in_use = model_in_use(root)
     if root.latest_runs_file.is_file():
         recorded = json.loads(root.latest_runs_file.read_text(encoding="utf-8"))
-        return {label: os.path.normpath(root.runs_dir / run) for label, run in recorded.items()}  # relative: this root's runs
+        runs = {label: os.path.normpath(root.runs_dir / run) for label, run in recorded.items()}  # relative: this root's runs
+        if in_use is not None and str(in_use) not in runs.values():
+            runs["in-use"] = str(in_use)
+        return runs
+    if in_use is not None:
+        return {"in-use": str(in_use)}
     latest = root.latest_run()
     if latest is None:
         raise MissingInputError(f"no runs under {root.runs_dir}: train first (steps stage1, stage2)")
@@ -222,7 +240,7 @@ def _evaluation_reads(inputs: dict[str, Any]) -> list[Path]:
     root = root_of(inputs)
     runs = inputs["runs"] or (latest_runs(root) if root.runs_dir.is_dir() else {})
     manifests = [Path(run) / stage / "checkpoints.json" for run in runs.values() for stage in STAGES]
-    pointer = [root.latest_runs_file] if inputs["runs"] is None else []  # which runs, when not given
+    pointer = [root.latest_runs_file, root.in_use_file] if inputs["runs"] is None else []  # which runs, when not given
     return [root.clean_images, root.clean_captions, *pointer, *manifests]
 
 

@@ -62,6 +62,7 @@ DEPENDS_ON: dict[Step, tuple[Step, ...]] = {
     "stage1": ("keywords", "features", "vectors"),
     "stage2": ("stage1", "crawl", "features", "vectors"),
     "evaluate": ("stage1", "stage2"),
+    "promote": ("stage1", "stage2", "evaluate"),
 }
 
 

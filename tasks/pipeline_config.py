@@ -22,8 +22,9 @@ from webvse_model.precision import Precision
 from webvse_model.train import ConfigError
 from webvse_world.clean import DATASET_FILE
 
-Step = Literal["world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate"]
-STEPS: tuple[Step, ...] = ("world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate")
+Step = Literal["world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote"]
+STEPS: tuple[Step, ...] = ("world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote")
+CrawlMode = Literal["incremental", "fresh"]
 
 
 class Section(BaseModel):
@@ -39,6 +40,8 @@ class WorldConfig(Section):
     test: int = Field(1000, ge=5)
     photos_per_object: int = Field(120, ge=1)
     owners: int = Field(400, ge=1, description="distinct uploaders; the 5-per-owner rule caps the kept web data by this")
+    nights: int = Field(3, ge=0, description="days of future uploads beyond the corpus clock ('webvse world --next-night' reveals one)")
+    uploads_per_night: int = Field(100, ge=1)
 
 
 class DatasetConfig(Section):
@@ -61,7 +64,13 @@ class CrawlSettings(Section):
 
     api_url: str | None = Field(None, description="Flickr REST endpoint; empty = the local corpus below")
     corpus: str | None = Field(None, description="corpus folder to serve locally; empty = the generated world's")
-    per_keyword: int = Field(200, ge=1)
+    mode: CrawlMode = Field(
+        "incremental",
+        description="incremental: continue the crawl with the photos uploaded since each keyword's last crawl; "
+        "fresh: crawl again from nothing into a new folder that replaces web/ once it succeeds",
+    )
+    per_keyword: int = Field(200, ge=1, description="photos kept per keyword by the first crawl")
+    new_per_keyword: int = Field(50, ge=1, description="at most this many new photos per keyword per later (incremental) crawl")
     per_page: int = Field(250, ge=1, le=500)
     max_keywords: int | None = Field(None, ge=1)
     calls_per_hour: int = Field(3600, ge=1)
@@ -128,6 +137,12 @@ class EvaluateConfig(Section):
     examples: int = Field(5, ge=0, description="retrieval examples in the markdown artifact")
 
 
+class PromoteConfig(Section):
+    """Which model is in use (``webvse search``, ``re-evaluate``): a new one replaces it only when better."""
+
+    margin: float = Field(0.0, description="a new model must beat the validation rsum of the model in use by more than this")
+
+
 class ExperimentConfig(Section):
     """The grid of ``webvse experiment``: losses x {baseline, Stage I, Stage II +- curriculum} x seeds."""
 
@@ -175,6 +190,7 @@ class PipelineConfig(Section):
     vectors: VectorsConfig = VectorsConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    promote: PromoteConfig = PromoteConfig()
     experiment: ExperimentConfig = ExperimentConfig()
     retries: RetryConfig = RetryConfig()
 

@@ -107,6 +107,27 @@ def plot_web_fraction(curve: pd.DataFrame, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def plot_nights(history: pd.DataFrame, path: Path) -> Path:
+    """Per promotion decision: validation rsum of the new model and of the model in use, the new
+    model's test rsum (filled: promoted), and the photos the night's crawl added (bars)."""
+    fig, (rsum_ax, photos_ax) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, height_ratios=(3, 1.4))
+    x = np.arange(len(history))
+    promoted = history["promoted"].to_numpy(bool)
+    rsum_ax.plot(x, history["candidate_val_rsum"], marker="o", label="new model, validation")
+    rsum_ax.plot(x, history["in_use_val_rsum"], marker="s", linestyle="--", label="model in use before, validation")
+    rsum_ax.plot(x, history["test_rsum"], color="tab:green", linestyle=":", label="new model, test")
+    rsum_ax.scatter(x[promoted], history["test_rsum"][promoted], color="tab:green", zorder=3, label="promoted")
+    rsum_ax.scatter(x[~promoted], history["test_rsum"][~promoted], facecolors="none", edgecolors="tab:red", zorder=3, label="kept the old one")
+    rsum_ax.set_ylabel("rsum")
+    rsum_ax.grid(True, alpha=0.3)
+    rsum_ax.legend(fontsize=8)
+    photos_ax.bar_label(photos_ax.bar(x, history["new_photos"], color="tab:gray"), fontsize=8)
+    photos_ax.set_ylabel("photos added")
+    photos_ax.set_xticks(x, history["night"], rotation=20, ha="right", fontsize=8)
+    photos_ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 def retrieval_examples(
     captions: Sequence[str],
     caption_image: np.ndarray,

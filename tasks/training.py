@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from storage.atomic import atomic_write_text
+from storage.checkpoints import CheckpointStore
 from storage.errors import InputError, MissingInputError
 from storage.fingerprint import fingerprint
 from storage.tables import RUN_METRICS, read_table, write_table
@@ -62,13 +63,16 @@ class RunSettings:
     web_fraction: float = 1.0  # share of the kept web photos Stage II trains on (a nested subset by content)
 
 
-def write_run_config(run_dir: Path, source: DataSource, settings: RunSettings, model: ModelConfig) -> None:
+def write_run_config(run_dir: Path, source: DataSource, settings: RunSettings, model: ModelConfig, stage2_from: Path | None = None) -> None:
     """``config.json``; the data path is stored relative to the run when the run lives inside it
-    (a data root's own runs), so a copied or moved data root reads its own data, not the original's."""
+    (a data root's own runs), so a copied or moved data root reads its own data, not the original's.
+    ``stage2_from``: the run whose model Stage II continued (the nightly cycle), else absent."""
     data = asdict(source)
     if _inside(run_dir, Path(source.path)):
         data["path"] = os.path.relpath(Path(source.path).absolute(), run_dir.absolute())
     config = {"data": data, "settings": asdict(settings), "model": model.to_dict()}
+    if stage2_from is not None:
+        config["stage2_from"] = os.path.relpath(stage2_from.absolute(), run_dir.absolute())
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
 
 
@@ -120,8 +124,12 @@ def train_run(
     settings: RunSettings = RunSettings(),
     resume: bool = True,
     log: Callable[[str], None] = print,
+    stage2_from: Path | None = None,
 ) -> dict[str, StageResult]:
-    """Stage I (and Stage II if configured and the source has web pairs) into ``run_dir``."""
+    """Stage I (and Stage II if configured and the source has web pairs) into ``run_dir``.
+
+    Stage II starts from Stage I's best model, or from the final model of the run
+    ``stage2_from`` (the model in use, continued by the nightly cycle; same Stage I)."""
     run = Path(run_dir)
     device = pick_device(settings.device)
     vocab_path = run / VOCAB_FILE
@@ -150,7 +158,7 @@ def train_run(
     run.mkdir(parents=True, exist_ok=True)  # only once the data is known to load: a failed start leaves no empty run folder
     if not vocab_path.is_file():
         vocab.save(vocab_path)
-    write_run_config(run, source, settings, model_config)
+    write_run_config(run, source, settings, model_config, stage2_from)
     log(
         f"run {run.name}: {train.num_images} train images / {train.num_captions} captions, vocab {len(vocab)}, "
         f"features {train.feature_dim}-d, tags {tag_dim}-d ({train.images_without_tags} images without tags), device {device}"
@@ -162,10 +170,22 @@ def train_run(
     stage1 = Trainer(model, settings.stage1, run / "stage1", device, settings.precision, metrics, log)
     results["stage1"] = stage1.fit(train, val, source.captions_per_image, resume)
     if settings.stage2 is not None and web is not None:
-        best = load_model(stage1.store, "best", device)
+        start = final_stage_store(stage2_from) if stage2_from is not None else stage1.store
+        best = load_model(start, "best", device)
+        if best.config != model_config:
+            raise InputError(f"{start.folder} has another model shape than this run's ({best.config} vs {model_config})")
         stage2 = Trainer(best, settings.stage2, run / "stage2", device, settings.precision, metrics, log)
         results["stage2"] = stage2.fit(web, val, source.captions_per_image, resume)
     return results
+
+
+def final_stage_store(run: str | Path) -> CheckpointStore:
+    """The checkpoints of a run's last trained stage (Stage II if it has one): its model."""
+    stores = [CheckpointStore(Path(run) / stage) for stage in ("stage2", "stage1")]
+    found = next((store for store in stores if store.has("best")), None)
+    if found is None:
+        raise MissingInputError(f"{run} has no trained stage (no stage1/ or stage2/ best checkpoint)")
+    return found
 
 
 def default_stage2(stage1: StageConfig, epochs: int, curriculum: bool = True) -> StageConfig:
@@ -191,12 +211,17 @@ def run_settings(train: TrainConfig, device: str, lambda_tag: float | None = Non
 
 
 def _training_reads(inputs: dict[str, Any]) -> list[Path]:
+    """Stage I reads the clean data only: its features are named by the clean images' content
+    and the encoder (the features folder also grows with every crawl, which must not retrain
+    Stage I); Stage II also reads the crawl, the features folder and the model it starts from."""
     root, source = root_of(inputs), inputs["source"]
     if source.kind == "precomp":
         return [Path(source.path)]
-    paths = [root.clean_images, root.clean_captions, root.features_dir(source.feature_model), root.vectors_dir / VECTORS_FILE]
+    paths = [root.clean_images, root.clean_captions, root.feature_failures(source.feature_model), root.vectors_dir / VECTORS_FILE]
     if "stage1_run" in inputs:
-        paths += [root.web_photos, Path(inputs["stage1_run"]) / "stage1" / "checkpoints.json"]
+        paths += [root.web_photos, root.features_dir(source.feature_model), Path(inputs["stage1_run"]) / "stage1" / "checkpoints.json"]
+    if inputs.get("start_from"):
+        paths += [final_stage_store(inputs["start_from"]).folder / "checkpoints.json"]
     return paths
 
 
@@ -215,6 +240,8 @@ def _stage1_dir(inputs: dict[str, Any]) -> Path:
 
 def _stage2_dir(inputs: dict[str, Any]) -> Path:
     keyed = {k: inputs[k] for k in ("source", "settings", "root", "stage1_run")}
+    if inputs.get("start_from"):
+        keyed["start_from"] = inputs["start_from"]
     return root_of(inputs).run_dir(_run_id(inputs["label"], keyed))
 
 
@@ -267,10 +294,29 @@ def _link_or_copy(source: str, target: str) -> None:
 @pipeline_task(
     "stage2", _TRAINING_MODULES, reads=_training_reads, writes=lambda i: _stage_outputs(_stage2_dir(i), "stage2"), run_name="stage2-{label}"
 )
-def stage2_step(root: str, stage1_run: str, source: DataSource, settings: RunSettings, label: str, fresh: bool = False) -> dict[str, Any]:
-    """Stage II on the crawled web pairs (L_IT only, lr / 10, curriculum) from Stage I's best model."""
-    run = _stage2_dir({"source": source, "settings": settings, "root": root, "stage1_run": stage1_run, "label": label})
+def stage2_step(
+    root: str, stage1_run: str, source: DataSource, settings: RunSettings, label: str, start_from: str | None = None, fresh: bool = False
+) -> dict[str, Any]:
+    """Stage II on the crawled web pairs (L_IT only, lr / 10, curriculum) from Stage I's best model,
+    or continuing the model of run ``start_from`` (the model in use) where it shares this Stage I."""
+    run = _stage2_dir({"source": source, "settings": settings, "root": root, "stage1_run": stage1_run, "label": label, "start_from": start_from})
+    log = step_logger()
     _start_over(run, fresh)
     _fork(Path(stage1_run), run)
-    results = train_run(run, source, settings, resume=True, log=step_logger())
+    origin = continuable(Path(start_from), Path(stage1_run), log) if start_from else None
+    results = train_run(run, source, settings, resume=True, log=log, stage2_from=origin)
     return _summary(run, results["stage2"])
+
+
+def continuable(model_run: Path, stage1_run: Path, log: Callable[[str], None]) -> Path | None:
+    """``model_run`` if its Stage I is ``stage1_run``'s (the same checkpoints), else None and why.
+
+    A model can only be continued on the data and word space it was trained in: after the
+    clean data, Stage I's settings or the word vectors change, Stage I is trained anew and
+    Stage II starts from it."""
+    same = (model_run / "stage1" / "checkpoints.json").read_bytes() == (stage1_run / "stage1" / "checkpoints.json").read_bytes()
+    if same:
+        log(f"stage2: continuing the model in use ({model_run.name})")
+        return model_run
+    log(f"stage2: the model in use ({model_run.name}) was trained on another Stage I; starting from {stage1_run.name}'s Stage I")
+    return None

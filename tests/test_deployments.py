@@ -132,6 +132,7 @@ def test_deployments_run_on_a_real_server_and_worker(prefect_server: PrefectServ
     nightly = by_name["nightly-retrain"]
     assert nightly["work_pool_name"] == "gpu" and nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert nightly["global_concurrency_limit"]["limit"] == 1
+    assert nightly["parameters"]["nightly"] is True and "refresh" not in nightly["parameters"]  # refresh would retrain Stage I nightly
     prefect_server.spawn("worker", "worker", "start", "--pool", "cpu")
 
     config = tiny_config(tmp_path / "data").model_dump(mode="json")

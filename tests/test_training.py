@@ -45,7 +45,6 @@ def test_tag_loss_and_stage2_train_and_are_evaluated(tiny_precomp: Path, tmp_pat
     assert results["stage2"].history[0].lr == pytest.approx(stage1.lr / 10)
     table = evaluate_run(tmp_path / "run")
     assert table["stage"].tolist() == ["stage1", "stage2"]
-    assert ((table[["i2t_r1", "t2i_r1"]] >= 0) & (table[["i2t_r1", "t2i_r1"]] <= 100)).all().all()
     # Stage II changed the image branch (it trains L_IT on web pairs), not the sentence branch
     m1 = load_model(CheckpointStore(tmp_path / "run" / "stage1"), "best")
     m2 = load_model(CheckpointStore(tmp_path / "run" / "stage2"), "best")

@@ -16,6 +16,10 @@ header's ``oauth_consumer_key``):
   unknown format) -- never a 500 with a traceback;
 * the image files behind ``url_m``: ``/<server>/<id>_<secret>_<size>.jpg``.
 
+A corpus with a clock (``clock.json``, see :mod:`webvse_world.web`) is served as it stands
+at its simulated "now": photos uploaded later are not found (and :attr:`Corpus.now` is the
+crawler's clock for a local crawl). The clock is read when the server starts.
+
 Fault injection (:class:`Faults`) for tests and benchmarks: 500/503 answers, 429 with
 ``Retry-After``, slow answers, truncated JSON and truncated images, each at its own
 rate. Each draw is a hash of (seed, request, how many times that same request was
@@ -41,7 +45,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pyarrow.parquet as pq
 
 from storage.errors import InputError
-from webvse_world.web import LICENSES, PHOTOS_FILE
+from webvse_world.web import LICENSES, PHOTOS_FILE, read_clock
 
 MAX_PER_PAGE = 500
 RESULT_CAP = 4000
@@ -99,6 +103,9 @@ class Corpus:
         needed = {"photo_id", "owner", "title", "tags", "license", "date_upload", "server", "secret", "file"}
         if rows and not needed <= set(rows[0]):
             raise CorpusError(f"{table_path} lacks columns {sorted(needed - set(rows[0]))}")
+        self.now = read_clock(self.folder)
+        if self.now is not None:  # the future is not online yet
+            rows = [r for r in rows if int(r["date_upload"]) <= self.now]
         self.photos = sorted(rows, key=lambda r: (-int(r["date_upload"]), r["photo_id"]))
         self.by_id = {p["photo_id"]: p for p in self.photos}
         self.tag_index: dict[str, set[int]] = defaultdict(set)

@@ -8,11 +8,18 @@ tags, machine tags, generic filler. On top: owners who flood one keyword with do
 of near-identical photos, and photos uploaded twice with their tags in another order.
 Written as ``photos.parquet`` (storage.tables.FLICKR_CORPUS) + ``images/<id>.jpg``; the
 ``depicts`` column is ground truth for tests and analysis and is never served.
+
+**The world has time.** ``clock.json`` holds the corpus's simulated "now": the server
+shows only photos uploaded by then. Beyond it lie ``nights`` days of future uploads (by
+repeat and new owners, some of them re-uploads of older photos with the same tags), which
+appear one night at a time as :func:`advance_clock` moves "now" on: what a nightly
+incremental crawl meets on the real Flickr.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +27,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from storage.atomic import atomic_write_bytes
+from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.errors import InputError
 from storage.tables import FLICKR_CORPUS, write_table
 from webvse_world.concepts import BACKGROUNDS, COLOURS, OBJECTS, SIZES
 from webvse_world.scenes import IMAGE_SIZE, Scene, jpeg_bytes, pluralise, render, sample_scene
 
 PHOTOS_FILE = "photos.parquet"
+CLOCK_FILE = "clock.json"
+DAY = 86_400
 CAMERA_TAGS = ("canon", "nikon", "sony", "iphone", "eos5dmarkii", "dslr", "50mm", "nikond750", "fujifilm", "gopro")
 FILLER_TAGS = ("photo", "picture", "nature", "2014", "vacation", "summer", "travel", "instagood", "art", "love", "beautiful")
 FOREIGN_TAGS = ("perro", "gato", "hund", "katze", "chien", "voiture", "playa", "schnee", "猫", "犬", "собака", "海", "fiore", "baum")
@@ -48,6 +58,9 @@ class WebSizes:
     flooding_owners: int = 6
     flood_size: int = 40
     reupload_rate: float = 0.03
+    nights: int = 3  # days of future uploads beyond the clock
+    uploads_per_night: int = 100
+    night_reupload_rate: float = 0.1  # of a night's uploads: an older photo again, same tags in the same order
 
 
 def _misspell(word: str, rng: np.random.Generator) -> str:
@@ -109,7 +122,7 @@ def _photo(args: tuple[int, int, str, str, int, int, str]) -> dict[str, object]:
 
 
 def generate_web_corpus(folder: str | Path, sizes: WebSizes = WebSizes(), seed: int = 0, workers: int = 2) -> Path:
-    """Write the corpus; returns the path of ``photos.parquet``. Deterministic from ``seed``."""
+    """Write the corpus and its clock; returns the path of ``photos.parquet``. Deterministic from ``seed``."""
     root = Path(folder)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 7])
@@ -124,17 +137,64 @@ def generate_web_corpus(folder: str | Path, sizes: WebSizes = WebSizes(), seed: 
         obj = OBJECTS[int(rng.integers(len(OBJECTS)))]
         owner = f"{90_000_000 + f}@N01"
         jobs.extend((seed, len(jobs), obj.name, owner, f + 1, 1, str(root)) for _ in range(sizes.flood_size))
+    base = len(jobs)
+    night_of: dict[int, int] = {}  # job index -> the night (1..) its photo is uploaded
+    for night in range(1, sizes.nights + 1):
+        for _ in range(sizes.uploads_per_night):
+            repeat = rng.random() < 0.5  # half from the known uploaders, half from people new to the crawl
+            owner = owners[int(rng.choice(sizes.owners, p=activity / activity.sum()))] if repeat else f"{80_000_000 + len(jobs)}@N02"
+            night_of[len(jobs)] = night
+            jobs.append((seed, len(jobs), OBJECTS[int(rng.integers(len(OBJECTS)))].name, owner, 0, 0, str(root)))
     if workers > 1 and len(jobs) > 200:
         with ProcessPoolExecutor(workers) as pool:
             photos = list(pool.map(_photo, jobs, chunksize=64))
     else:
         photos = [_photo(job) for job in jobs]
-    for original in [photos[i] for i in rng.choice(len(photos), int(sizes.reupload_rate * len(photos)), replace=False)]:
-        copy = dict(original)  # the same file uploaded again, tags in another order
-        copy["photo_id"] = str(9_000_000_000 + len(photos))
-        copy["secret"] = _secret(seed, copy["photo_id"])
+    past, future = photos[:base], photos[base:]
+    for original in [past[i] for i in rng.choice(len(past), int(sizes.reupload_rate * len(past)), replace=False)]:
+        copy = _reupload(original, len(photos), seed)  # the same file uploaded again, tags in another order
         copy["tags"] = [original["tags"][i] for i in rng.permutation(len(original["tags"]))]  # type: ignore[arg-type, index]
-        copy["date_upload"] = int(original["date_upload"]) + int(rng.integers(60, 86400 * 30))  # type: ignore[call-overload]
-        copy["duplicate_of"] = original["photo_id"]
+        copy["date_upload"] = int(original["date_upload"]) + int(rng.integers(60, DAY * 30))  # type: ignore[call-overload]
         photos.append(copy)
+    now = max(int(p["date_upload"]) for p in photos)  # type: ignore[call-overload]
+    for i, photo in enumerate(future):
+        photo["date_upload"] = now + (night_of[base + i] - 1) * DAY + int(rng.integers(1, DAY))
+        if rng.random() < sizes.night_reupload_rate:  # an older photo uploaded again that night, tags as they were
+            copy = _reupload(past[int(rng.integers(len(past)))], len(photos), seed)
+            copy["date_upload"] = photo["date_upload"]
+            photos.append(copy)
+    write_clock(root, now)
     return write_table(root / PHOTOS_FILE, pd.DataFrame(photos), FLICKR_CORPUS)
+
+
+def _reupload(original: dict[str, object], number: int, seed: int) -> dict[str, object]:
+    copy = dict(original)
+    copy["photo_id"] = str(9_000_000_000 + number)
+    copy["secret"] = _secret(seed, str(copy["photo_id"]))
+    copy["duplicate_of"] = original["photo_id"]
+    return copy
+
+
+def write_clock(folder: str | Path, now: int) -> None:
+    """Set the corpus's simulated "now" (seconds since the epoch)."""
+    atomic_write_text(Path(folder) / CLOCK_FILE, json.dumps({"now": int(now)}))
+
+
+def read_clock(folder: str | Path) -> int | None:
+    """The corpus's simulated "now", or None for a corpus without time (every photo visible)."""
+    path = Path(folder) / CLOCK_FILE
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["now"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path} is not a corpus clock ({{\"now\": <seconds since the epoch>}}): {exc}") from None
+
+
+def advance_clock(folder: str | Path, seconds: int = DAY) -> int:
+    """Move the corpus's "now" on (a night by default), so that the next uploads appear; returns it."""
+    now = read_clock(folder)
+    if now is None:
+        raise InputError(f"{folder} has no {CLOCK_FILE}: it is a corpus without time (every photo is already visible)")
+    write_clock(folder, now + seconds)
+    return now + seconds

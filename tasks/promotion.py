@@ -1,0 +1,189 @@
+"""Which model is in use, and when a new one replaces it.
+
+A pipeline run ends with a *candidate*: the run of its final model (Stage II of the
+webly run, or of the night's continued run). The candidate replaces the model in use only
+if its validation rsum beats the in-use model's by more than ``promote.margin``; both are
+measured now, on the same clean validation split, so the comparison is fair even when
+the in-use model was validated on an older copy of it. Every decision (and every
+rollback) is a row of ``runs/models.parquet`` with both scores and the reason; the
+model in use is ``runs/in_use.json``, which ``webvse search`` and ``re-evaluate`` read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect.artifacts import create_table_artifact
+from prefect.context import FlowRunContext, TaskRunContext
+
+from storage.atomic import atomic_write_text
+from storage.errors import InputError
+from storage.layout import DataRoot
+from storage.tables import CRAWL_NIGHTS, MODELS, WEB_PHOTOS, read_table, write_table
+from tasks.evaluation import REPORT_DIR, artifact_suffix, model_in_use, run_source
+from tasks.orchestration import pipeline_task, step_logger
+from tasks.pipeline_config import PromoteConfig
+from tasks.report import plot_nights
+from tasks.training import VOCAB_FILE, final_stage_store
+from tasks.training_data import load_split
+from webvse_model.inference import evaluate_split
+from webvse_model.metrics import RetrievalMetrics
+from webvse_model.text import Vocabulary
+from webvse_model.train import load_model, pick_device
+
+NIGHTS_PLOT = "nights.png"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    reason: str
+
+
+def decide(candidate: float, in_use: float | None, margin: float) -> Decision:
+    """Promote when there is no model in use, or when the candidate beats it by more than ``margin``."""
+    if in_use is None:
+        return Decision(True, "no model in use yet")
+    if candidate > in_use + margin:
+        return Decision(True, f"validation rsum {candidate:.2f} beats the model in use ({in_use:.2f}) by more than {margin:g}")
+    return Decision(False, f"validation rsum {candidate:.2f} does not beat the model in use ({in_use:.2f}) by more than {margin:g}")
+
+
+def validation_rsum(run: str | Path, device: str = "auto") -> float:
+    """rsum of the run's final model (Stage II if trained) on its source's validation split."""
+    run = Path(run)
+    source = run_source(run)
+    dev = pick_device(device)
+    data = load_split(source, source.val_split, Vocabulary.load(run / VOCAB_FILE), log=lambda _: None)
+    result = evaluate_split(load_model(final_stage_store(run), "best", dev), data, source.captions_per_image)
+    assert isinstance(result, RetrievalMetrics)
+    return float(result.rsum)
+
+
+# ------------------------------------------------------------------ the pointer and the history
+def _relative(root: DataRoot, run: Path | None) -> str:
+    return "" if run is None else os.path.relpath(run.absolute(), root.runs_dir)
+
+
+def _set_in_use(root: DataRoot, run: Path) -> None:
+    atomic_write_text(root.in_use_file, json.dumps({"run": _relative(root, run), "since": _now()}, indent=2))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def model_history(root: DataRoot) -> pd.DataFrame:
+    return read_table(root.models_history, MODELS) if root.models_history.is_file() else pd.DataFrame(columns=MODELS.columns)
+
+
+def _record(root: DataRoot, row: dict[str, Any]) -> pd.DataFrame:
+    history = pd.concat([model_history(root), pd.DataFrame([row])], ignore_index=True)
+    write_table(root.models_history, history, MODELS)
+    return history
+
+
+def crawl_growth(root: DataRoot) -> tuple[int, int]:
+    """(kept web photos in all, photos the last crawl night added)."""
+    kept = int((read_table(root.web_photos, WEB_PHOTOS)["status"] == "kept").sum()) if root.web_photos.is_file() else 0
+    nights = read_table(root.crawl_nights, CRAWL_NIGHTS) if root.crawl_nights.is_file() else None
+    return kept, int(nights["new_kept"].iloc[-1]) if nights is not None and len(nights) else 0
+
+
+def promote(
+    root: DataRoot, candidate: str | Path, margin: float, night: str, test_rsum: float | None = None,
+    device: str = "auto", log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Decide on ``candidate``, record the decision, and make it the model in use if promoted."""
+    candidate = Path(candidate)
+    in_use = model_in_use(root)
+    if in_use is not None and in_use.absolute() == candidate.absolute():
+        return {"promoted": False, "reason": "the candidate is the model in use already", "in_use": str(in_use)}
+    candidate_score = validation_rsum(candidate, device)
+    in_use_score = validation_rsum(in_use, device) if in_use is not None else None
+    decision = decide(candidate_score, in_use_score, margin)
+    web_photos, new_photos = crawl_growth(root)
+    row = {
+        "decided_at": _now(), "night": night, "candidate": _relative(root, candidate), "candidate_val_rsum": candidate_score,
+        "in_use": _relative(root, in_use), "in_use_val_rsum": math.nan if in_use_score is None else in_use_score,
+        "margin": margin, "promoted": decision.promoted, "reason": decision.reason,
+        "test_rsum": math.nan if test_rsum is None else test_rsum, "web_photos": web_photos, "new_photos": new_photos,
+    }  # fmt: skip
+    if decision.promoted:
+        _set_in_use(root, candidate)
+    history = _record(root, row)
+    plot_history(root, history)
+    log(f"promote: {'promoted' if decision.promoted else 'not promoted'} {candidate.name}: {decision.reason}")
+    return {**row, "in_use": str(candidate if decision.promoted else in_use)}
+
+
+def rollback(root: DataRoot, to: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Put back the model promoted before the one in use (or the run ``to``); recorded in the history."""
+    current = model_in_use(root)
+    if to is not None:
+        target = Path(to) if Path(to).is_absolute() else root.runs_dir / to
+        if not (target / "config.json").is_file():
+            raise InputError(f"{target} is not a run folder of {root.runs_dir}")
+        final_stage_store(target)  # a run with no trained model cannot be in use
+    else:
+        history = model_history(root)
+        decisions = history[(history["night"] != "rollback") & history["promoted"]]
+        promoted = [Path(os.path.normpath(root.runs_dir / c)) for c in decisions["candidate"]]
+        before = promoted[: promoted.index(current)] if current in promoted else promoted
+        earlier = [run for run in before if run != current]
+        if not earlier:
+            raise InputError(f"no model was promoted before {current.name if current else 'now'}: nothing to roll back to")
+        target = earlier[-1]
+    _set_in_use(root, target)
+    web_photos, _ = crawl_growth(root)
+    _record(root, {
+        "decided_at": _now(), "night": "rollback", "candidate": _relative(root, target), "candidate_val_rsum": math.nan,
+        "in_use": _relative(root, current), "in_use_val_rsum": math.nan, "margin": math.nan, "promoted": True,
+        "reason": "rolled back by hand", "test_rsum": math.nan, "web_photos": web_photos, "new_photos": 0,
+    })  # fmt: skip
+    log(f"rollback: {target.name} is the model in use again (was {current.name if current else 'none'})")
+    return target
+
+
+def plot_history(root: DataRoot, history: pd.DataFrame) -> Path:
+    """``runs/report/nights.png`` from the decisions (rollbacks are not nights)."""
+    decisions = history[history["night"] != "rollback"].reset_index(drop=True)
+    return plot_nights(decisions, root.runs_dir / REPORT_DIR / NIGHTS_PLOT)
+
+
+def test_rsum_of(records: list[dict[str, Any]], label: str) -> float | None:
+    """The test rsum of run ``label``'s final stage in an evaluation's records (None if not evaluated)."""
+    stages = {r["variant"].split("/", 1)[1]: float(r["rsum"]) for r in records if r["variant"].split("/", 1)[0] == label}
+    return stages.get("stage2", stages.get("stage1"))
+
+
+# ------------------------------------------------------------------ the Prefect task
+def _promotion_reads(inputs: dict[str, Any]) -> list[Path]:
+    """A candidate is decided on once: not ``in_use.json``, which the decision itself (or a
+    rollback, a person's decision that a rerun must not undo) changes."""
+    return [final_stage_store(inputs["candidate"]).folder / "checkpoints.json"]
+
+
+@pipeline_task("promote", ("tasks.promotion", "tasks.evaluation", "webvse_model"), reads=_promotion_reads)
+def promote_step(
+    root: str, candidate: str, settings: PromoteConfig, night: str, test_rsum: float | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """Promote the run's final model if it beats the model in use; publish the history as an artifact."""
+    data_root = DataRoot.resolve(root)
+    decision = promote(data_root, candidate, settings.margin, night, test_rsum, device, step_logger())
+    if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
+        history = model_history(data_root)
+        create_table_artifact(
+            history.astype(object).where(history.notna(), "").to_dict("records"), key=f"webvse-models-{artifact_suffix(data_root)}",
+            description=f"every promotion decision (validation rsum of the new model and of the model in use) and rollback; "
+            f"model in use: {decision['in_use']}; plot {data_root.runs_dir / REPORT_DIR / NIGHTS_PLOT}",
+        )  # fmt: skip
+    return decision
