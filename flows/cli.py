@@ -504,6 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("webvse: interrupted; the same command resumes where it stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `webvse search ... | head`: the reader has what it wanted; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail again
+        return 141
     return 0
 
 if __name__ == "__main__":

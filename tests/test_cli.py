@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,14 @@ def test_one_ctrl_c_stops_the_run_marks_it_crashed_and_exits_130(tmp_path: Path)
     run_name = re.search(r"Flow run '([^']+)' - Beginning flow run", out)
     assert run_name, out
     assert f"Flow run '{run_name.group(1)}' - Finished in state Crashed('Execution was aborted by an interrupt signal.')" in out
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    """`webvse models | head -1` style: the reader closes the pipe first; no BrokenPipeError traceback."""
+    command = [sys.executable, "-c", "import sys; from flows.cli import main; sys.stdout.flush(); sys.exit(main(sys.argv[1:]))",
+               "models", "--data-root", str(tmp_path)]  # fmt: skip
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the first write fails with EPIPE
+    done = subprocess.run(command, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(writer)
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr
