@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from storage.checkpoints import CheckpointStore
-from storage.errors import InputError, MissingInputError
-from tasks.evaluation import STAGES, image_names, run_source
+from storage.errors import InputError
+from tasks.evaluation import image_names, run_source
 from tasks.report import gallery_html
-from tasks.training import VOCAB_FILE
+from tasks.training import VOCAB_FILE, final_stage_store
 from tasks.training_data import read_split
 from webvse_model.inference import embed_captions, embed_images
 from webvse_model.text import SPECIAL_TOKENS, Vocabulary, tokenize
@@ -43,11 +42,10 @@ def search_images(run_dir: str | Path, query: str, k: int = 5, split: str | None
     run = Path(run_dir)
     source = run_source(run)
     split = split or source.test_split
-    stage = next((s for s in reversed(STAGES) if CheckpointStore(run / s).has("best")), None)
-    if stage is None:
-        raise MissingInputError(f"{run} has no trained stage to search with")
+    store = final_stage_store(run)  # the run's model: Stage II if trained, else Stage I
+    stage = store.folder.name
     dev = pick_device(device)
-    model = load_model(CheckpointStore(run / stage), "best", dev)
+    model = load_model(store, "best", dev)
     vocab = Vocabulary.load(run / VOCAB_FILE)
     words = tokenize(query)
     ids = vocab.encode(words)
