@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,63 +20,75 @@ import pandas as pd
 import yaml
 from prefect import tags
 
+from flows.config_flags import add_section_flags, flag_overrides
 from storage.errors import InputError, MissingInputError, WebvseError
 from storage.layout import DataRoot
-from tasks.clean_data import ingest_karpathy
-from tasks.crawl import CrawlConfig, crawl_local, run_crawl
 from tasks.evaluation import REPORT_DIR, evaluate_run, format_table, latest_runs, model_in_use
-from tasks.features import FeatureSettings, compute_features, images_to_encode
-from tasks.flickr_client import FLICKR_REST_URL
-from tasks.keywords import run_keywords
-from tasks.orchestration import TASK_RUNNER_ENV, brief_known_errors, shield_temporary_server_from_ctrl_c
-from tasks.pipeline_config import STEPS, PipelineConfig, config_from_dict, demo_config, load_config, merge_dotted
+from tasks.orchestration import brief_known_errors, shield_temporary_server_from_ctrl_c
+from tasks.pipeline_config import (
+    STEP_SECTIONS,
+    STEPS,
+    PipelineConfig,
+    TrainConfig,
+    config_from_dict,
+    demo_config,
+    load_config,
+    merge_dotted,
+)
 from tasks.promotion import NIGHTS_PLOT, model_history, rollback
 from tasks.search import search_images
-from tasks.text_backends import BACKENDS, DEFAULT_SPACY_MODEL, load_backend
-from tasks.training import RunSettings, default_stage2, train_run
-from tasks.training_data import DataSource
-from tasks.word_vectors import run_vectors
-from tasks.world import CleanSizes, Faults, WebSizes, WorldSettings, generate_world, serve_corpus
-from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
+from tasks.training import RunSettings, run_settings, train_run
+from tasks.training_data import DataSource, load_web
+from tasks.world import Faults, serve_corpus
 from webvse_model.datasets.flickr8k import flickr8k_to_karpathy
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.precision import PRECISIONS
-from webvse_model.train import StageConfig
 from webvse_world.mirflickr import import_mirflickr
 from webvse_world.web import advance_clock
 
+STEP_HELP: dict[str, str] = {
+    "world": "generate the offline world: captioned images + a Flickr corpus ('--next-night' reveals a day of uploads)",
+    "keywords": "clean captions -> keywords.parquet and dummy tags",
+    "crawl": "search Flickr per keyword, filter as the paper, download (resumable; an empty --api-url crawls the local corpus)",
+    "features": "pretrained CNN features of the clean images and the kept web photos (cached by content)",
+    "vectors": "word vectors: load a pretrained file or train Word2Vec on the captions (and the web tags)",
+}
 
-def _positive_int(text: str) -> int:
-    """An argparse type for counts: 0 or less is refused at the prompt, not deep inside a step."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+
+def describe_step(step: str, value: Any, config: PipelineConfig) -> list[str]:
+    """What a data step made, in a few lines for the terminal."""
+    root = config.root
+    if value is None:
+        return [f"{step}: not needed by this configuration (dataset.karpathy and crawl.api_url or crawl.corpus are set)"]
+    if step == "world":
+        return [f"captioned dataset: {value['karpathy']}",
+                f"Flickr corpus:     {value['corpus']}   serve it with: webvse flickr-server --corpus {value['corpus']}"]  # fmt: skip
+    if step == "keywords":
+        return [f"{value['keywords']} keywords -> {root.keywords}; dummy tags -> {root.clean_captions}"]
+    if step == "crawl":
+        lines = [f"night {value['night']} ({value['mode']}) added {value['new_kept']} photos; kept {value['kept']} in all, "
+                 f"with {value['api_calls']} API calls in {value['seconds']:.1f}s -> {root.web_photos}"]  # fmt: skip
+        return lines + [f"  {status:<28}{count:>7}" for status, count in sorted(value["statuses"].items())]
+    if step == "features":
+        return [f"{value['computed']} computed, {value['cached']} cached, {value['failed']} failed -> {root.features_dir(value['encoder_id'])}"]
+    if step == "vectors":
+        return [f"word vectors -> {value}"]
+    return [f"{step}: {value}"]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    _add_data_root(p)
+    _add_hardware(p)
+
+
+def _add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="data root (default $WEBVSE_DATA_ROOT or ./webvse-data)")
+
+
+def _add_hardware(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="CNN forward and training: bf16 autocast where the hardware has it natively (auto), or force fp32 / bf16")  # fmt: skip
-
-
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and optimisation")
-    g.add_argument("--loss", choices=("vse", "vse++"), default="vse++", help="sum of negatives (VSE) or hardest (VSE++)")
-    g.add_argument("--lambda-tag", type=float, default=1.0, help="weight of L_IT in Stage I; 0 = baseline")
-    g.add_argument("--warmup-epochs", type=int, default=0, help="with vse++: first epochs on the sum of negatives")
-    g.add_argument("--epochs", type=int, default=30)
-    g.add_argument("--lr", type=float, default=2e-4)
-    g.add_argument("--lr-decay-every", type=int, default=10)
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--stage2-epochs", type=int, default=0, help="Stage II epochs on web pairs (0 = no Stage II)")
-    g.add_argument("--no-curriculum", action="store_true", help="Stage II without the curriculum (ablation)")
-    g.add_argument("--embed-dim", type=int, default=1024)
-    g.add_argument("--hidden-dim", type=int, default=1024)
-    g.add_argument("--word-dim", type=int, default=300)
-    g.add_argument("--gru-hidden", type=int, default=1024)
-    g.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. train.epochs=5")
     run.add_argument("--steps", nargs="+", choices=STEPS, default=None, help="run only these steps")
     run.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="re-run these (and what depends on them)")
-    run.add_argument("--task-runner", choices=("thread", "dask"), default=None, help="Prefect task runner (default: thread)")
+    run.add_argument("--task-runner", choices=("thread", "dask"), default="thread", help="Prefect task runner (dask: pip install -e '.[dask]')")
+    run.add_argument("--dask-address", default=None, help="with --task-runner dask: the scheduler (tcp://HOST:8786); default: a local cluster")
     run.add_argument("--nightly", action="store_true",
                      help="one night of the nightly cycle: crawl the new uploads, continue the model in use, promote it only if better")  # fmt: skip
 
@@ -123,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-id", default=None, help="run folder name under <data root>/runs (default: a timestamp)")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if the run has checkpoints")
     train.add_argument("--captions-per-image", type=int, default=5)
-    _add_model_flags(train)
+    add_section_flags(train, {"train": TrainConfig}, skip=("baseline",))
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoints")
     _add_common(evaluate)
@@ -131,24 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None, help="split to evaluate (default: the run's test split)")
     evaluate.add_argument("--protocol", choices=PROTOCOLS, default="all")
 
-    world = sub.add_parser("world", help="generate the offline world: captioned images + a Flickr corpus")
-    _add_common(world)
-    world.add_argument("--seed", type=int, default=0)
-    world.add_argument("--train", type=_positive_int, default=CleanSizes.train)
-    world.add_argument("--val", type=_positive_int, default=CleanSizes.val)
-    world.add_argument("--test", type=_positive_int, default=CleanSizes.test)
-    world.add_argument("--photos-per-object", type=_positive_int, default=WebSizes.photos_per_object)
-    world.add_argument(
-        "--owners", type=_positive_int, default=WebSizes.owners,
-        help="distinct uploaders; with at most 5 photos kept per owner across the crawl, this caps how much web data it can keep",
-    )  # fmt: skip
-    world.add_argument("--nights", type=int, default=WebSizes.nights, help="days of future uploads beyond the corpus clock")
-    world.add_argument("--next-night", action="store_true", help="move the existing corpus's clock on a day: the next night's uploads appear")
-
     models = sub.add_parser("models", help="the model in use and every promotion decision (runs/models.parquet)")
-    _add_common(models)
+    _add_data_root(models)
     back = sub.add_parser("rollback", help="put back the model in use before the current one (or --to RUN)")
-    _add_common(back)
+    _add_data_root(back)
     back.add_argument("--to", default=None, help="run id or folder to put in use instead")
 
     server = sub.add_parser("flickr-server", help="serve a corpus through a Flickr-compatible API on 127.0.0.1")
@@ -164,50 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--fault-seed", type=int, default=0)
     server.add_argument("--access-log", action="store_true", help="print each request's method and path (never the query)")
 
-    keywords = sub.add_parser("keywords", help="clean captions -> keywords.parquet and dummy tags")
-    _add_common(keywords)
-    keywords.add_argument("--karpathy", default=None, help="Karpathy split file (default: the generated world's)")
-    keywords.add_argument("--image-root", default=None, help="image folder of the split file (default: its folder)")
-    keywords.add_argument("--backend", choices=BACKENDS, default="spacy", help="POS/lemma backend (nltk needs NLTK data)")
-    keywords.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL)
-    keywords.add_argument("--top-n", type=int, default=1000)
-    keywords.add_argument("--processes", type=int, default=1, help="spaCy worker processes")
-
-    vectors = sub.add_parser("vectors", help="word vectors: load a pretrained file or train Word2Vec on the captions")
-    _add_common(vectors)
-    vectors.add_argument("--pretrained", default=None, help="word2vec .bin/.txt or gensim .kv file")
-    vectors.add_argument("--dim", type=int, default=300)
-    vectors.add_argument("--seed", type=int, default=0)
-
-    crawl = sub.add_parser("crawl", help="search Flickr per keyword, filter as the paper, download (resumable)")
-    _add_common(crawl)
-    where = crawl.add_mutually_exclusive_group()
-    where.add_argument("--api-url", default=FLICKR_REST_URL, help="Flickr REST endpoint (key in FLICKR_API_KEY/FLICKR_API_SECRET)")
-    where.add_argument("--local-corpus", default=None, help="serve this corpus on 127.0.0.1 for the crawl (the offline world)")
-    crawl.add_argument("--mode", choices=("incremental", "fresh"), default="incremental",
-                       help="incremental: the photos uploaded since the last crawl; fresh: start over in a new folder that replaces web/ when done")  # fmt: skip
-    crawl.add_argument("--per-keyword", type=int, default=200)
-    crawl.add_argument("--new-per-keyword", type=int, default=50, help="incremental crawls after the first: new photos per keyword")
-    crawl.add_argument("--per-page", type=int, default=250)
-    crawl.add_argument("--max-keywords", type=int, default=None)
-    crawl.add_argument("--calls-per-hour", type=int, default=3600, help="API calls per key per hour (Flickr allows 3,600)")
-    crawl.add_argument("--download-workers", type=int, default=4)
-
-    features = sub.add_parser("features", help="pretrained CNN features of the clean and web images (cached by content)")
-    _add_common(features)
-    features.add_argument("--which", choices=("clean", "web", "all"), default="all")
-    features.add_argument("--encoder", choices=sorted(ENCODERS), default=DEFAULT_ENCODER)
-    features.add_argument("--weights-path", default=None, help="local weights file (resnet152/vgg19 without internet)")
-    features.add_argument("--batch-size", type=int, default=64)
-    features.add_argument("--workers", type=int, default=None, help="DataLoader decode workers (default: 0 on the CPU, more on CUDA)")
+    for step, sections in STEP_SECTIONS.items():
+        command = sub.add_parser(step, help=STEP_HELP[step], description=f"{STEP_HELP[step]}. The same as `webvse run --steps {step}`: cached, retried.")
+        _add_data_root(command)
+        if step == "features":
+            _add_hardware(command)
+        command.add_argument("--config", default=None, help="YAML file of the pipeline configuration; the flags below override it")
+        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field, e.g. crawl.per_page=100")
+        command.add_argument("--refresh", action="store_true", help="run the step again past its cache")
+        if step == "world":
+            command.add_argument("--next-night", action="store_true", help="move the existing corpus's clock on a day: the next night's uploads appear")
+        add_section_flags(command, sections)
 
     flickr8k = sub.add_parser("import-flickr8k", help="Flickr8k captions -> a Karpathy split file (the file's split, else a fixed 80/10/10)")
-    _add_common(flickr8k)
+    _add_data_root(flickr8k)
     flickr8k.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k-1k"),
                           help="folder with captions.csv (standard split) or captions.txt, and images/ (default: ../shared/data/flickr8k-1k)")  # fmt: skip
 
     mirflickr = sub.add_parser("import-mirflickr", help="MIRFLICKR photos + real Flickr tags -> a corpus for the local Flickr server")
-    _add_common(mirflickr)
+    _add_data_root(mirflickr)
     mirflickr.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mirflickr"),
                            help="folder with tags.csv and images/ (default: ../shared/data/mirflickr)")  # fmt: skip
 
@@ -215,27 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> RunSettings:
-    stage1 = StageConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        lr_decay_every=args.lr_decay_every,
-        batch_size=args.batch_size,
-        loss=args.loss,
-        lambda_tag=args.lambda_tag,
-        seed=args.seed,
-        warmup_epochs=args.warmup_epochs,
-    )
-    stage2 = default_stage2(stage1, args.stage2_epochs, not args.no_curriculum) if args.stage2_epochs > 0 else None
-    return RunSettings(
-        stage1=stage1,
-        stage2=stage2,
-        embed_dim=args.embed_dim,
-        hidden_dim=args.hidden_dim,
-        word_dim=args.word_dim,
-        gru_hidden=args.gru_hidden,
-        device=args.device,
-        precision=args.precision,
-    )
+    """The ``train`` command's flags as the flow's ``train`` section, made into settings in the one way."""
+    config = config_from_dict(merge_dotted({}, flag_overrides(args)), "command line")
+    return run_settings(config.train, args.device, precision=args.precision)
 
 
 def _resolve_run(root: DataRoot, run: str | None) -> Path:
@@ -266,7 +223,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         source = DataSource(
             args.parquet_root, "parquet", args.captions_per_image, val_split=args.val_split or "val", feature_model=args.feature_model
         )
-    results = train_run(root.run_dir(run_id), source, _settings(args), resume=not args.no_resume)
+    settings = _settings(args)
+    if settings.stage2 is not None and settings.stage1.lambda_tag == 0:
+        print("the baseline (--lambda-tag 0) is Stage I only, as in the flow")
+        settings = replace(settings, stage2=None)
+    if settings.stage2 is not None and load_web(source, settings.web_fraction) is None:
+        print(f"{source.path} has no web image-tag pairs: Stage I only (the crawl, features and vectors steps give a data root its web pairs)")
+        settings = replace(settings, stage2=None)
+    results = train_run(root.run_dir(run_id), source, settings, resume=not args.no_resume)
     for name, result in results.items():
         print(f"{name}: best val rsum {result.best_rsum:.2f} at epoch {result.best_epoch}")
     print(f"run folder: {root.run_dir(run_id)}")
@@ -284,20 +248,19 @@ def run_tags(config: PipelineConfig, config_name: str) -> list[str]:
 
 
 def _run_flow(
-    config: PipelineConfig, steps: list[str] | None, refresh: list[str], task_runner: str | None = None, config_name: str = "defaults",
-    nightly: bool = False,
+    config: PipelineConfig, steps: list[str] | None, refresh: list[str], runner: tuple[str, str | None] = ("thread", None),
+    config_name: str = "defaults", nightly: bool = False,
 ) -> dict[str, Any]:
-    if task_runner:
-        os.environ[TASK_RUNNER_ENV] = task_runner  # read when flows.pipeline is imported (the flow's runner)
-    from flows.pipeline import webvse  # Prefect starts its ephemeral API on first use: only when a flow runs
+    from flows.pipeline import task_runner, webvse  # Prefect starts its ephemeral API on first use: only when a flow runs
 
     brief_known_errors()
     shield_temporary_server_from_ctrl_c()
 
-    print(f"task runner: {type(webvse.task_runner).__name__}", flush=True)
+    flow_run = webvse.with_options(task_runner=task_runner(*runner))
+    print(f"task runner: {type(flow_run.task_runner).__name__}", flush=True)
     started = time.perf_counter()
     with tags(*run_tags(config, config_name)):  # the UI tells runs of different roots and configs apart
-        outcome = webvse(config=config, steps=steps, refresh=refresh, nightly=nightly)
+        outcome = flow_run(config=config, steps=steps, refresh=refresh, nightly=nightly)
     outcome["seconds"] = time.perf_counter() - started
     return outcome
 
@@ -340,16 +303,17 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace) -> None:
     config = _config_from_args(args)
     name = Path(args.config).name if args.config else "defaults"
-    _print_outcome(config, _run_flow(config, args.steps, args.refresh, args.task_runner, name, args.nightly))
+    _print_outcome(config, _run_flow(config, args.steps, args.refresh, (args.task_runner, args.dask_address), name, args.nightly))
 
 
-def _config_from_args(args: argparse.Namespace, base: PipelineConfig | None = None) -> PipelineConfig:
-    overrides = _overrides(args.set)
+def _config_from_args(args: argparse.Namespace, base: PipelineConfig | None = None, flags: dict[str, Any] | None = None) -> PipelineConfig:
+    """The configuration file (or ``base``) with ``--set`` and then the command's own flags applied."""
+    overrides = _overrides(args.set) | (flags or {})
     if args.data_root:
         overrides["data_root"] = args.data_root
-    if args.device != "auto":
+    if getattr(args, "device", "auto") != "auto":
         overrides["device"] = args.device
-    if args.precision != "auto":
+    if getattr(args, "precision", "auto") != "auto":
         overrides["precision"] = args.precision
     if base is not None and args.config is None:
         return config_from_dict(merge_dotted(base.model_dump(mode="json"), overrides), "configuration")
@@ -384,19 +348,6 @@ def cmd_search(args: argparse.Namespace) -> None:
     print(f"gallery: {result.gallery}")
 
 
-def cmd_world(args: argparse.Namespace) -> None:
-    root = DataRoot.resolve(args.data_root)
-    if args.next_night:
-        now = advance_clock(root.world_corpus_dir)
-        print(f"{root.world_corpus_dir}: it is now {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(now))}; the next crawl sees that day's uploads")
-        return
-    web = WebSizes(photos_per_object=args.photos_per_object, owners=args.owners, nights=args.nights)
-    settings = WorldSettings(CleanSizes(train=args.train, val=args.val, test=args.test), web, args.seed)
-    paths = generate_world(root, settings)
-    print(f"captioned dataset: {paths.karpathy_json}" + (" (already generated)" if paths.reused else ""))
-    print(f"Flickr corpus:     {paths.corpus_dir}   serve it with: webvse flickr-server --corpus {paths.corpus_dir}")
-
-
 def cmd_models(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
     history = model_history(root)
@@ -423,36 +374,21 @@ def cmd_flickr_server(args: argparse.Namespace) -> None:
     serve_corpus(args.corpus, args.port, faults, args.access_log)
 
 
-def cmd_keywords(args: argparse.Namespace) -> None:
+def cmd_step(args: argparse.Namespace) -> None:
+    """``webvse <step>``: the flow with that step alone; the flags are configuration overrides."""
+    step = args.command
     root = DataRoot.resolve(args.data_root)
-    karpathy = Path(args.karpathy) if args.karpathy else root.world_clean_dir / "dataset_world.json"
-    if not karpathy.is_file():
-        raise MissingInputError(f"{karpathy} does not exist: generate the offline world (webvse world) or pass --karpathy")
-    print(f"clean data: {ingest_karpathy(root, karpathy, args.image_root)} images from {karpathy}")
-    counts = run_keywords(root, load_backend(args.backend, args.spacy_model, args.processes), args.top_n)
-    print(f"{counts['keywords']} keywords -> {root.keywords}; dummy tags -> {root.clean_captions}")
-
-
-def cmd_vectors(args: argparse.Namespace) -> None:
-    run_vectors(DataRoot.resolve(args.data_root), args.pretrained, dim=args.dim, seed=args.seed)
-
-
-def cmd_crawl(args: argparse.Namespace) -> None:
-    root = DataRoot.resolve(args.data_root)
-    settings = dict(per_keyword=args.per_keyword, new_per_keyword=args.new_per_keyword, mode=args.mode, per_page=args.per_page,
-                    max_keywords=args.max_keywords, calls_per_hour=args.calls_per_hour, download_workers=args.download_workers)  # fmt: skip
-    summary = crawl_local(root, args.local_corpus, **settings) if args.local_corpus else run_crawl(root, CrawlConfig(api_url=args.api_url, **settings))
-    print(f"night {summary['night']} ({summary['mode']}) added {summary['new_kept']} photos; kept {summary['kept']} in all, "
-          f"with {summary['api_calls']} API calls in {summary['seconds']:.1f}s -> {root.web_photos}")  # fmt: skip
-    for status, count in sorted(summary["statuses"].items()):
-        print(f"  {status:<28}{count:>7}")
-
-
-def cmd_features(args: argparse.Namespace) -> None:
-    root = DataRoot.resolve(args.data_root)
-    settings = FeatureSettings(args.encoder, args.weights_path, args.batch_size, args.workers, device=args.device, precision=args.precision)
-    result = compute_features(root, images_to_encode(root, args.which), settings)
-    print(f"{result['computed']} computed, {result['cached']} cached, {result['failed']} failed -> {root.features_dir(result['encoder_id'])}")
+    if step == "world" and args.next_night:
+        now = advance_clock(root.world_corpus_dir)
+        print(f"{root.world_corpus_dir}: it is now {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(now))}; the next crawl sees that day's uploads")
+        return
+    config = _config_from_args(args, flags=flag_overrides(args))
+    outcome = _run_flow(config, [step], [step] if args.refresh else [], config_name=Path(args.config).name if args.config else "defaults")
+    done = outcome["steps"].get(step)  # absent: a step the configuration does not need
+    for line in describe_step(step, done.value if done else None, config):
+        print(line)
+    if done and done.cached:
+        print(f"{step}: served from the cache (same settings, code and inputs as a run before); --refresh runs it again")
 
 
 def cmd_import_flickr8k(args: argparse.Namespace) -> None:
@@ -491,11 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # chose otherwise (read by the server process, which starts later).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     handlers = {
-        "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "world": cmd_world,
-        "flickr-server": cmd_flickr_server, "keywords": cmd_keywords, "vectors": cmd_vectors, "crawl": cmd_crawl,
-        "features": cmd_features, "import-flickr8k": cmd_import_flickr8k, "import-mirflickr": cmd_import_mirflickr, "run": cmd_run, "search": cmd_search,
+        "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "flickr-server": cmd_flickr_server,
+        "import-flickr8k": cmd_import_flickr8k, "import-mirflickr": cmd_import_mirflickr, "run": cmd_run, "search": cmd_search,
         "experiment": cmd_experiment, "models": cmd_models, "rollback": cmd_rollback,
-    }  # fmt: skip
+    } | dict.fromkeys(STEP_SECTIONS, cmd_step)  # fmt: skip
     try:
         handlers[args.command](args)
     except WebvseError as exc:  # a known, explained failure: one line; anything else is a bug and keeps its traceback

@@ -14,20 +14,20 @@ from typing import Any
 
 from prefect import flow
 
-from flows.pipeline import prepare_data, task_runner_from_environment
+from flows.pipeline import prepare_data, task_runner
 from tasks.experiment import WEB_FRACTION_PREFIX, GridRun, experiment_report_step, grid_settings, loss_slug
 from tasks.orchestration import StepPlan, configured
 from tasks.pipeline_config import PipelineConfig, Step
 from tasks.training import stage1_step, stage2_step
 
 
-@flow(name="webvse-experiment", task_runner=task_runner_from_environment(), log_prints=True)
+@flow(name="webvse-experiment", task_runner=task_runner(), log_prints=True)
 def experiment(config: PipelineConfig = PipelineConfig(), refresh: list[Step] | None = None) -> dict[str, Any]:
     """Train and evaluate the grid; returns the summary table (mean and std over seeds)."""
     plan = StepPlan.make(None, refresh or [])
     root = config.root
     data_root = str(root.root)
-    source = prepare_data(config, plan)
+    source = prepare_data(config, plan).source
     stage1 = configured(stage1_step, "stage1", root, plan, config.retries)
     stage2 = configured(stage2_step, "stage2", root, plan, config.retries)
     cells: list[GridRun] = []

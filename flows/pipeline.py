@@ -12,25 +12,25 @@ I stays cached unless the clean data or its settings changed; Stage II continues
 in use on the grown web corpus (run ``night-<date>-<fingerprint>``); the promote step
 makes it the model in use only if it validates better (:mod:`tasks.promotion`).
 
-The task runner is Prefect's ThreadPoolTaskRunner unless ``$WEBVSE_TASK_RUNNER=dask``
-(prefect-dask; ``$WEBVSE_DASK_ADDRESS`` joins an existing Dask cluster). It is read
-when this module is imported because a flow's runner is fixed at decoration time;
-``webvse run --task-runner`` sets it for local runs.
+The task runner is Prefect's ThreadPoolTaskRunner; ``webvse.with_options(task_runner=
+task_runner("dask", address))`` (``webvse run --task-runner dask``) runs the steps on
+prefect-dask's DaskTaskRunner, and :mod:`flows.dask_pipeline` is that flow for deployments.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from storage.errors import InputError
 from tasks.crawl import crawl_night, crawl_step
 from tasks.evaluation import evaluate_step
 from tasks.features import feature_chunks_step, features_id, features_shard_step, features_step
 from tasks.keywords import keywords_step
-from tasks.orchestration import DASK_ADDRESS_ENV, TASK_RUNNER_ENV, StepPlan, configured
+from tasks.orchestration import StepOutcome, StepPlan, configured
 from tasks.pipeline_config import PipelineConfig, Step
 from tasks.promotion import model_in_use, promote_step, test_rsum_of
 from tasks.training import run_settings, stage1_step, stage2_step
@@ -39,42 +39,56 @@ from tasks.word_vectors import vectors_step
 from tasks.world import world_step
 
 
-def task_runner_from_environment() -> TaskRunner[Any]:
-    """ThreadPoolTaskRunner (default) or prefect-dask's DaskTaskRunner (``pip install webvse[dask]``)."""
-    if os.environ.get(TASK_RUNNER_ENV, "thread") == "dask":
-        from prefect_dask import DaskTaskRunner
+def task_runner(kind: str = "thread", dask_address: str | None = None) -> TaskRunner[Any]:
+    """Prefect's thread pool, or prefect-dask's DaskTaskRunner (``pip install webvse[dask]``): a
+    local cluster, or the one at ``dask_address`` (``tcp://scheduler:8786``)."""
+    if kind == "thread":
+        return ThreadPoolTaskRunner(max_workers=4)
+    if kind != "dask":
+        raise InputError(f"task runner must be 'thread' or 'dask', got {kind!r}")
+    from prefect_dask import DaskTaskRunner
 
-        address = os.environ.get(DASK_ADDRESS_ENV)
-        return DaskTaskRunner(address=address) if address else DaskTaskRunner()
-    return ThreadPoolTaskRunner(max_workers=4)
+    return DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner()
 
 
-def prepare_data(config: PipelineConfig, plan: StepPlan, nightly: bool = False) -> DataSource:
+@dataclass(frozen=True)
+class PreparedData:
+    """The training source and what each data step that ran gave (its summary, and whether it was cached)."""
+
+    source: DataSource
+    steps: dict[str, StepOutcome]
+
+
+def prepare_data(config: PipelineConfig, plan: StepPlan, nightly: bool = False) -> PreparedData:
     """world -> keywords -> crawl -> features -> vectors (those the plan selects); the training source.
     ``nightly``: the crawl is cached per night (see the module's docstring), not once for all."""
     root = config.root.ensure_writable()
     data_root = str(root.root)
+    done: dict[str, StepOutcome] = {}
     if plan.runs("world") and config.uses_world:
-        configured(world_step, "world", root, plan, config.retries)(data_root, config.world)
+        done["world"] = configured(world_step, "world", root, plan, config.retries).outcome(data_root, config.world)
     if plan.runs("keywords"):
-        configured(keywords_step, "keywords", root, plan, config.retries)(data_root, config.karpathy_path(), config.dataset.image_root, config.keywords)
+        keywords = configured(keywords_step, "keywords", root, plan, config.retries)
+        done["keywords"] = keywords.outcome(data_root, config.karpathy_path(), config.dataset.image_root, config.keywords)
     if plan.runs("crawl"):
         night = crawl_night(config.corpus_path()) if nightly else None
-        configured(crawl_step, "crawl", root, plan, config.retries)(data_root, config.crawl, config.corpus_path(), night)
+        done["crawl"] = configured(crawl_step, "crawl", root, plan, config.retries).outcome(data_root, config.crawl, config.corpus_path(), night)
     if plan.runs("features"):
         if config.features.parallel_shards > 1:
             chunks = feature_chunks_step(data_root, config.features, config.features.parallel_shards, config.device, config.precision)
             shards = configured(features_shard_step, "features", root, plan, config.retries)
             shards.map(data_root, chunks, unmapped(config.features), unmapped(config.device), unmapped(config.precision)).result()
-        configured(features_step, "features", root, plan, config.retries)(data_root, config.features, config.device, config.precision)
+        features = configured(features_step, "features", root, plan, config.retries)
+        done["features"] = features.outcome(data_root, config.features, config.device, config.precision)
     if plan.runs("vectors"):
-        configured(vectors_step, "vectors", root, plan, config.retries)(data_root, config.vectors)
+        done["vectors"] = configured(vectors_step, "vectors", root, plan, config.retries).outcome(data_root, config.vectors)
     feature_model = features_id(config.features.encoder, config.device, config.precision)
     skip = config.features.on_bad_image == "skip"
-    return DataSource(data_root, "parquet", config.dataset.captions_per_image, val_split="val", feature_model=feature_model, skip_unreadable=skip)
+    source = DataSource(data_root, "parquet", config.dataset.captions_per_image, val_split="val", feature_model=feature_model, skip_unreadable=skip)
+    return PreparedData(source, done)
 
 
-@flow(name="webvse", task_runner=task_runner_from_environment(), log_prints=True)
+@flow(name="webvse", task_runner=task_runner(), log_prints=True)
 def webvse(
     config: PipelineConfig = PipelineConfig(), steps: list[Step] | None = None, refresh: list[Step] | None = None, nightly: bool = False
 ) -> dict[str, Any]:
@@ -82,7 +96,8 @@ def webvse(
     plan = StepPlan.make(steps, refresh or [])
     root = config.root
     data_root = str(root.root)
-    source = prepare_data(config, plan, nightly)
+    prepared = prepare_data(config, plan, nightly)
+    source = prepared.source
     night = crawl_night(config.corpus_path())
 
     def step(name: Step, task: Any) -> Any:
@@ -97,7 +112,7 @@ def webvse(
             for label, lam in variants.items()
         }
         runs = {label: result["run_dir"] for label, result in stage1.items()}
-        if plan.runs("stage2"):
+        if plan.runs("stage2") and config.train.stage2_epochs > 0:
             in_use = model_in_use(root) if nightly else None
             result = step("stage2", stage2_step)(
                 data_root, stage1["webly"]["run_dir"], source, run_settings(config.train, config.device, precision=config.precision),
@@ -108,4 +123,4 @@ def webvse(
     promotion = None
     if plan.runs("promote") and "webly" in runs:
         promotion = step("promote", promote_step)(data_root, runs["webly"], config.promote, night, test_rsum_of(table, "webly"), config.device)
-    return {"runs": runs, "results": table, "promotion": promotion}
+    return {"runs": runs, "results": table, "promotion": promotion, "steps": prepared.steps}

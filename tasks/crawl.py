@@ -47,6 +47,7 @@ from storage.errors import InputError
 from storage.layout import DataRoot, user_state_dir
 from storage.locks import exclusive
 from storage.tables import KEYWORDS, read_table
+from tasks.crawl_rules import photo_verdict
 from tasks.crawl_state import KEYWORD_DONE, CrawlState
 from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
 from tasks.flickr_client import FLICKR_REST_URL, OFFLINE_KEY, Credentials, FlickrClient, RetryPolicy
@@ -141,22 +142,14 @@ class Crawler:
         tags = str(photo.get("tags") or "").split()
         english = english_tags(tags, self.vocabulary)
         owner = str(photo.get("owner") or "")
-        license_id = _int_or(photo.get("license"), -1)
-        if not owner or license_id == -1:
-            status = "rejected:malformed"
-        elif license_id not in cfg.licenses:
-            status = "rejected:license"
-        elif english_tag_count(tags, self.vocabulary) < cfg.min_english_tags:
-            status = "rejected:few_english_tags"
-        elif state.owner_kept[owner] >= cfg.max_per_owner:
-            status = "rejected:owner_limit"
-        elif tuple(tags[: cfg.first_tags]) in state.first_kept:
-            status = "rejected:same_first_tags"
-        else:
-            status = "kept"
+        license_id = _int_or_none(photo.get("license"))
+        status = photo_verdict(
+            tags, owner, license_id, english_tag_count(tags, self.vocabulary),
+            cfg, state.owner_kept, state.first_kept,
+        )  # fmt: skip
         row = {
             "photo_id": photo["id"], "owner": owner, "keyword": keyword, "keyword_rank": rank, "keywords": [keyword],
-            "tags": tags, "english_tags": english, "title": str(photo.get("title") or ""), "license": license_id,
+            "tags": tags, "english_tags": english, "title": str(photo.get("title") or ""), "license": -1 if license_id is None else license_id,
             "url": str(photo.get(self.config.size) or ""), "path": "", "sha256": "", "width": 0, "height": 0, "status": status,
             "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "night": state.night["night"],
         }  # fmt: skip
@@ -303,11 +296,11 @@ def _utc(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _int_or(value: Any, default: int) -> int:
+def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError):
-        return default
+        return None
 
 
 def remove_orphans(root: DataRoot, state: CrawlState) -> int:

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from storage.layout import DataRoot
 from storage.tables import CRAWL_NIGHTS, CRAWL_PROGRESS, WEB_PHOTOS, TableSchema, read_arrow, read_table, write_table
+from tasks.crawl_rules import first_tags_key
 
 KEYWORD_DONE = -1  # window_start of a keyword's "finished for this night" row (window_end = the night's until)
 
@@ -115,13 +116,13 @@ class CrawlState:
 
     def count_kept(self, row: dict[str, Any]) -> None:
         self.owner_kept[row["owner"]] += 1
-        self.first_kept.add(tuple(row["tags"][: self.first_tags]))
+        self.first_kept.add(first_tags_key(row["tags"], self.first_tags))
         self.kept_for[row["keyword"]] += 1
 
     def uncount_kept(self, row: dict[str, Any]) -> None:
         """A photo chosen for keeping whose download failed: it takes no quota, owner slot or tag key."""
         self.owner_kept[row["owner"]] -= 1
-        self.first_kept.discard(tuple(row["tags"][: self.first_tags]))
+        self.first_kept.discard(first_tags_key(row["tags"], self.first_tags))
         self.kept_for[row["keyword"]] -= 1
 
     def record(self, row: dict[str, Any]) -> None:

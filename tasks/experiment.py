@@ -27,6 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
 from storage.atomic import atomic_write_text
+from storage.errors import InputError
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, KEYWORDS, read_table
 from tasks.evaluation import artifact_suffix, embedded_stages, run_source
@@ -82,6 +83,8 @@ def grid_settings(
 ) -> dict[str, RunSettings]:
     """The trainings of one (loss, seed): ``baseline`` and ``webly`` Stage I, Stage II with and without
     curriculum, and Stage II (curriculum) on each of ``web_fractions`` of the web photos (``stage2-web25``...)."""
+    if train.stage2_epochs == 0:
+        raise InputError("the experiment compares Stage II with and without the curriculum: train.stage2_epochs must be at least 1")
     cell = train.model_copy(update={"loss": loss, "seed": seed})
     shares = {web_fraction_variant(f): run_settings(cell.model_copy(update={"web_fraction": f}), device, precision=precision) for f in web_fractions}
     return shares | {

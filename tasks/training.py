@@ -53,10 +53,10 @@ class RunSettings:
 
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig | None = None
-    embed_dim: int = 1024
-    hidden_dim: int = 1024
-    word_dim: int = 300
-    gru_hidden: int = 1024
+    embed_dim: int = ModelConfig.embed_dim
+    hidden_dim: int = ModelConfig.hidden_dim
+    word_dim: int = ModelConfig.word_dim
+    gru_hidden: int = ModelConfig.gru_hidden
     vocab_min_count: int = 4
     device: str = "auto"
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 autocast where the hardware has it natively)
@@ -88,18 +88,6 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     config = json.loads(path.read_text(encoding="utf-8"))
     config["data"]["path"] = os.path.normpath(Path(run_dir).absolute() / config["data"]["path"])
     return dict(config)
-
-
-def _stage_from(values: dict[str, Any] | None) -> StageConfig | None:
-    return None if values is None else StageConfig.from_dict(values)
-
-
-def settings_from_dict(values: dict[str, Any]) -> RunSettings:
-    values = dict(values)
-    values.pop("amp", None)  # runs before the precision setting: bf16 autocast on CUDA, fp32 on the CPU
-    values["stage1"] = _stage_from(values["stage1"])
-    values["stage2"] = _stage_from(values.get("stage2"))
-    return RunSettings(**values)
 
 
 class MetricsWriter:
@@ -190,20 +178,20 @@ def final_stage_store(run: str | Path) -> CheckpointStore:
 
 def default_stage2(stage1: StageConfig, epochs: int, curriculum: bool = True) -> StageConfig:
     """The paper's Stage II settings derived from Stage I's (lr / 10, L_IT only)."""
-    stage2 = stage2_defaults(stage1, epochs)
-    if not curriculum:
-        return StageConfig.from_dict({**asdict(stage2), "curriculum": asdict(CurriculumSchedule(enabled=False))})
-    return stage2
+    return stage2_defaults(stage1, epochs, curriculum=CurriculumSchedule(enabled=curriculum))
 
 
 # ------------------------------------------------------------------ the Prefect tasks
 def run_settings(train: TrainConfig, device: str, lambda_tag: float | None = None, precision: str = "auto") -> RunSettings:
-    """The pipeline's train section as Stage I (+ Stage II) settings; ``lambda_tag=0`` = the baseline."""
+    """The one place the pipeline's ``train`` section becomes the trainer's settings: Stage I,
+    Stage II and the model sizes. ``lambda_tag=0`` = the baseline."""
     stage1 = StageConfig(
-        epochs=train.epochs, lr=train.lr, lr_decay_every=train.lr_decay_every, batch_size=train.batch_size, loss=train.loss,
-        lambda_tag=train.lambda_tag if lambda_tag is None else lambda_tag, seed=train.seed, warmup_epochs=train.warmup_epochs,
+        epochs=train.epochs, lr=train.lr, lr_decay_every=train.lr_decay_every, lr_decay=train.lr_decay, batch_size=train.batch_size,
+        grad_clip=train.grad_clip, loss=train.loss, margin=train.margin, lambda_tag=train.lambda_tag if lambda_tag is None else lambda_tag,
+        seed=train.seed, warmup_epochs=train.warmup_epochs,
     )  # fmt: skip
-    stage2 = default_stage2(stage1, train.stage2_epochs, train.curriculum)
+    curriculum = CurriculumSchedule(train.curriculum, train.curriculum_start, train.curriculum_full_at_epoch)
+    stage2 = stage2_defaults(stage1, train.stage2_epochs, train.stage2_lr_factor, curriculum) if train.stage2_epochs else None
     return RunSettings(
         stage1, stage2, train.embed_dim, train.hidden_dim, train.word_dim, train.gru_hidden,
         device=device, precision=precision, web_fraction=train.web_fraction,

@@ -22,7 +22,7 @@ import yaml
 from gensim.models import KeyedVectors
 from pipeline_support import run_counts, task_states, tiny_config
 
-from flows.pipeline import webvse
+from flows.pipeline import task_runner, webvse
 from storage.errors import InputError
 from storage.tables import FEATURE_FAILURES, KEYWORDS, WEB_PHOTOS, feature_schema, read_shards, read_table, write_table
 from tasks.evaluation import embedded_stages
@@ -83,6 +83,61 @@ def test_second_run_executes_no_task_body(first_run) -> None:
     not_cached = {name: s for name, s in states.items() if any(x != "Cached" for x in s)}
     assert not not_cached, f"ran again instead of the cache: {not_cached}"
     assert again.result()["results"] == state.result()["results"]
+
+
+def _normalised(path: Path, root: Path) -> str:
+    """A step output as comparable content: a table's rows (sorted; its data root's path, the local
+    Flickr server's port and the crawl's wall-clock decision times left out); a folder's or another
+    file's bytes."""
+    import json
+
+    from storage.fingerprint import fingerprint
+
+    parts = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]  # feature shards: one table, any file names
+    if parts and all(p.suffix == ".parquet" for p in parts):
+        table = pd.concat([pd.read_parquet(p) for p in parts]).drop(columns=["fetched_at"], errors="ignore")
+        exact = {"default": lambda v: v.tolist() if hasattr(v, "tolist") else str(v), "sort_keys": True}
+        rows = (json.dumps(row, **exact).replace(str(root), "<root>") for row in table.to_dict("records"))
+        return "\n".join(sorted(re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", row) for row in rows))
+    return fingerprint([path])
+
+
+def _step_outputs(root: Path) -> dict[str, dict[str, str]]:
+    features = next((root / "features").glob("efficientnet-lite0-*"))
+    outputs = {
+        "world": [root / "world" / "clean" / "dataset_world.json", root / "world" / "corpus" / "photos.parquet", root / "world" / "corpus" / "images"],
+        "keywords": [root / "clean" / "images.parquet", root / "clean" / "captions.parquet", root / "keywords.parquet"],
+        "crawl": [root / "web" / "photos.parquet", root / "web" / "images"],
+        "features": [features],
+        "vectors": [root / "vectors" / VECTORS_FILE],
+    }  # fmt: skip
+    return {step: {p.name: _normalised(p, root) for p in paths} for step, paths in outputs.items()}
+
+
+@pytest.mark.slow
+def test_each_step_command_is_the_flow_s_step_and_a_second_call_is_cached(
+    first_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`webvse world|keywords|crawl|features|vectors` run the flow's own step (issue 15): on a
+    second data root they write what the whole flow wrote on the first, and run again they are
+    served from the cache. Wrong version: a command that calls the step's functions itself
+    (the old `webvse vectors` left out the web tags and so wrote other vectors)."""
+    from flows.cli import main
+
+    config, _ = first_run
+    settings = config.model_dump(mode="json", exclude={"data_root"})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(settings))
+    root = tmp_path / "by-hand"
+    data_steps = ["world", "keywords", "crawl", "features", "vectors"]
+    for step in data_steps:
+        assert main([step, "--config", str(tmp_path / "tiny.yaml"), "--data-root", str(root)]) == 0, step
+        assert "served from the cache" not in capsys.readouterr().out
+    by_flow, by_hand = _step_outputs(config.root.root), _step_outputs(root)
+    for step in data_steps:
+        assert by_hand[step] == by_flow[step], step
+    for step in data_steps:
+        assert main([step, "--config", str(tmp_path / "tiny.yaml"), "--data-root", str(root)]) == 0, step
+        assert f"{step}: served from the cache" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -189,6 +244,22 @@ def test_a_bad_config_value_names_its_field(tmp_path: Path) -> None:
     assert load_config(None, {"train.epochs": 3}).train.epochs == 3
 
 
+def test_the_dask_deployment_entrypoint_is_the_same_flow_on_the_configured_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment cannot hand its flow a task runner: flows/dask_pipeline.py is `webvse` with
+    `with_options(task_runner=DaskTaskRunner(address))`, the scheduler from its job variables."""
+    import importlib
+
+    import flows.dask_pipeline
+
+    monkeypatch.setenv("WEBVSE_DASK_ADDRESS", "tcp://scheduler.example:8786")
+    on_dask = importlib.reload(flows.dask_pipeline).webvse
+    assert type(on_dask.task_runner).__name__ == "DaskTaskRunner" and on_dask.task_runner.address == "tcp://scheduler.example:8786"
+    assert (on_dask.name, on_dask.fn) == (webvse.name, webvse.fn)
+    assert type(webvse.task_runner).__name__ == "ThreadPoolTaskRunner"
+    with pytest.raises(InputError, match="task runner must be 'thread' or 'dask'"):
+        task_runner("ray")
+
+
 @pytest.mark.slow
 def test_feature_shards_run_as_parallel_tasks_on_a_dask_task_runner(tmp_path: Path) -> None:
     """`webvse run --task-runner dask`: the images split over 2 shard tasks on a local Dask cluster."""
@@ -203,7 +274,7 @@ def test_feature_shards_run_as_parallel_tasks_on_a_dask_task_runner(tmp_path: Pa
     assert len(re.findall(r"Task run 'features-shard-\w+' - Finished in state Completed", output)) == 2
     assert output.count("a daemonic worker cannot start") == 2  # both shards ran inside Dask worker processes
     root = config.root
-    images = images_to_encode(root, "all")
+    images = images_to_encode(root)
     spec = encoder_spec(config.features.encoder)
     folder = root.features_dir(features_id(config.features.encoder, config.device, config.precision))
     encoded = read_shards(folder, feature_schema(spec.dim)).column("sha256").to_pylist()

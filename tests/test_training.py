@@ -109,7 +109,7 @@ def test_corrupt_checkpoint_is_refused_by_name(tiny_precomp: Path, tmp_path: Pat
 def _train_command(precomp: Path, root: Path, run_id: str) -> list[str]:
     return [
         sys.executable, "-m", "flows.cli", "train", "--precomp", str(precomp), "--data-root", str(root),
-        "--run-id", run_id, "--epochs", "6", "--lr", "1e-3", "--batch-size", "64", "--lambda-tag", "1",
+        "--run-id", run_id, "--epochs", "6", "--stage2-epochs", "0", "--lr", "1e-3", "--batch-size", "64", "--lambda-tag", "1",
         "--embed-dim", "64", "--hidden-dim", "64", "--gru-hidden", "64", "--word-dim", "32", "--device", "cpu",
     ]  # fmt: skip
 

@@ -154,7 +154,7 @@ class CurriculumSchedule:
         if not self.enabled or self.full_at_epoch == 0:
             return 1.0
         step = (1.0 - self.start_fraction) * min(epoch, self.full_at_epoch) / self.full_at_epoch
-        return min(1.0, self.start_fraction + step)
+        return self.start_fraction + step  # at most 1: step <= 1 - start_fraction
 
     def pool(self, keyword_rank: np.ndarray, epoch: int) -> np.ndarray:
         """Indices of the pairs allowed at ``epoch`` (never empty)."""

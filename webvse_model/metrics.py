@@ -52,7 +52,7 @@ class DirectionMetrics:
     @classmethod
     def from_ranks(cls, ranks: np.ndarray) -> DirectionMetrics:
         """``ranks`` are 0-based, as in the VSE++ code."""
-        r = np.asarray(ranks, dtype=np.float64)
+        r = np.asarray(ranks)  # integer ranks: median and mean come out as float64
         recalls = [100.0 * float(np.mean(r < k)) for k in RECALL_KS]
         return cls(*recalls, medr=float(np.floor(np.median(r)) + 1), meanr=float(r.mean() + 1))
 
@@ -318,13 +318,11 @@ def mean_metrics(results: Sequence[RetrievalMetrics]) -> RetrievalMetrics:
 
 def folded(images: Any, captions: Any, captions_per_image: int = 5, fold_size: int = 1000, **kw: Any) -> ProtocolResult:
     """Consecutive folds of ``fold_size`` images, metrics averaged (COCO 1K x 5)."""
-    img = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    cap = torch.as_tensor(np.asarray(captions) if not isinstance(captions, torch.Tensor) else captions)
-    n, k = img.shape[0], captions_per_image
+    n, k = len(images), captions_per_image  # numpy arrays and tensors slice alike: evaluate_embeddings checks each fold
     if n % fold_size:
         raise InputError(f"{n} images do not split into folds of {fold_size}")
     folds = tuple(
-        evaluate_embeddings(img[s : s + fold_size], cap[s * k : (s + fold_size) * k], k, **kw) for s in range(0, n, fold_size)
+        evaluate_embeddings(images[s : s + fold_size], captions[s * k : (s + fold_size) * k], k, **kw) for s in range(0, n, fold_size)
     )
     return ProtocolResult(f"{n // fold_size}x{fold_size}", mean_metrics(folds), folds)
 
@@ -344,6 +342,6 @@ def run_protocol(name: str, images: Any, captions: Any, captions_per_image: int 
     if name in expected and n != expected[name]:
         raise InputError(f"protocol {name} needs {expected[name]} test images, got {n}; use 'all' for other sizes")
     if name == "coco-1k":
-        result = folded(images, captions, captions_per_image, 1000, **kw)
+        result = folded(images, captions, captions_per_image, **kw)  # COCO's folds of 1,000 are folded's default
         return ProtocolResult(name, result.metrics, result.folds)
     return ProtocolResult(name, evaluate_embeddings(images, captions, captions_per_image, **kw))

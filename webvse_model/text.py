@@ -59,10 +59,6 @@ class Vocabulary:
     def id(self, token: str) -> int:
         return self._index.get(token, self._index[UNK])  # type: ignore[attr-defined]
 
-    @property
-    def pad_id(self) -> int:
-        return 0
-
     def encode(self, tokens: Sequence[str]) -> list[int]:
         """``<start> tokens <end>`` as ids; unknown tokens become ``<unk>``."""
         return [self.id(START), *(self.id(t) for t in tokens), self.id(END)]

@@ -105,13 +105,22 @@ class StageConfig:
         return cls(**values)
 
 
-def stage2_defaults(stage1: StageConfig, epochs: int = 10) -> StageConfig:
-    """The paper's Stage II: L_IT only, lr / 10, same loss and batch size.
+STAGE2_EPOCHS = 10
+STAGE2_LR_FACTOR = 0.1  # the paper: Stage II at a tenth of Stage I's learning rate
+
+
+def stage2_defaults(
+    stage1: StageConfig, epochs: int = STAGE2_EPOCHS, lr_factor: float = STAGE2_LR_FACTOR, curriculum: CurriculumSchedule | None = None
+) -> StageConfig:
+    """The paper's Stage II: L_IT only, lr / 10, same loss, margin, clip and batch size.
 
     No warm-up: it guards a *randomly initialised* VSE++ model against collapse; Stage II starts
     from the trained Stage I model, where epochs on the sum of negatives would just be another loss.
     """
-    return replace(stage1, name="stage2", epochs=epochs, lr=stage1.lr / 10, lambda_sentence=0.0, lambda_tag=1.0, warmup_epochs=0)
+    return replace(
+        stage1, name="stage2", epochs=epochs, lr=stage1.lr * lr_factor, lambda_sentence=0.0, lambda_tag=1.0, warmup_epochs=0,
+        curriculum=curriculum or stage1.curriculum,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -97,13 +97,6 @@ RELATIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def object_by_name(name: str) -> ObjectConcept:
-    for concept in OBJECTS:
-        if concept.name == name:
-            return concept
-    raise KeyError(f"unknown object {name!r}")
-
-
 def zipf_weights(count: int, exponent: float = 1.1) -> np.ndarray:
     """Probabilities ~ 1 / rank^exponent: the long tail of real caption corpora."""
     weights = 1.0 / np.arange(1, count + 1) ** exponent
