@@ -315,6 +315,8 @@ def test_the_standard_protocols_slice_and_size_the_test_set_as_published() -> No
     images, captions = _unit_rows(rng, 5000), _unit_rows(rng, 25000)
     coco1k = run_protocol("coco-1k", images, captions)
     assert (coco1k.protocol, len(coco1k.folds)) == ("coco-1k", 5)
+    pairs = run_protocol("coco-1k", images, captions[:10000], 2)  # two captions per image, passed on to the folds
+    assert pairs.folds[1] == evaluate_embeddings(images[1000:2000], captions[2000:4000], 2)
     assert coco1k.folds[3] == evaluate_embeddings(images[3000:4000], captions[15000:20000], 5)
     assert coco1k.metrics == mean_metrics(list(coco1k.folds))
     assert folded(images[:2000], captions[:10000]).protocol == "2x1000"  # COCO's fold of 1,000 is the default
@@ -502,11 +504,14 @@ def test_a_step_s_cache_key_joins_its_inputs_its_code_and_what_it_reads(tmp_path
     monkeypatch.syspath_prepend(str(tmp_path))
     read = tmp_path / "keywords.parquet"
     read.write_bytes(b"dog")
-    policy = step_cache(("keyed_step",), reads=lambda inputs: [read])
+    policy = step_cache(("keyed_step",), reads=lambda inputs: [inputs["path"]])  # what it reads, named by its inputs
 
     def key(**inputs: object) -> str:
         _module_digest.cache_clear()
-        return policy.compute_key(None, {"settings": 1, **inputs}, {})  # type: ignore[arg-type]
+        return policy.compute_key(None, {"settings": 1, "path": read, **inputs}, {})  # type: ignore[arg-type]
+
+    reads_nothing = step_cache(("keyed_step",)).compute_key(None, {"settings": 1}, {})  # type: ignore[arg-type]
+    assert reads_nothing is not None and reads_nothing != step_cache(("keyed_step",)).compute_key(None, {"settings": 2}, {})  # type: ignore[arg-type]
 
     first = key()
     assert key(fresh=True) == first
