@@ -91,6 +91,11 @@ def _add_hardware(p: argparse.ArgumentParser) -> None:
                    help="CNN forward and training: bf16 autocast where the hardware has it natively (auto), or force fp32 / bf16")  # fmt: skip
 
 
+def _add_task_runner(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task-runner", choices=("thread", "dask"), default="thread", help="Prefect task runner (dask: pip install -e '.[dask]')")
+    p.add_argument("--dask-address", default=None, help="with --task-runner dask: the scheduler (tcp://HOST:8786); default: a local cluster")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="webvse", description="Webly supervised joint embeddings for image-text retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. train.epochs=5")
     run.add_argument("--steps", nargs="+", choices=STEPS, default=None, help="run only these steps")
     run.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="re-run these (and what depends on them)")
-    run.add_argument("--task-runner", choices=("thread", "dask"), default="thread", help="Prefect task runner (dask: pip install -e '.[dask]')")
-    run.add_argument("--dask-address", default=None, help="with --task-runner dask: the scheduler (tcp://HOST:8786); default: a local cluster")
+    _add_task_runner(run)
     run.add_argument("--nightly", action="store_true",
                      help="one night of the nightly cycle: crawl the new uploads, continue the model in use, promote it only if better")  # fmt: skip
 
@@ -119,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1 2)")
     experiment.add_argument("--losses", nargs="+", choices=("vse", "vse++"), default=None)
     experiment.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="re-run these (and what depends on them)")
+    _add_task_runner(experiment)
 
     search = sub.add_parser("search", help="text -> images with a trained run; writes an HTML gallery")
     _add_common(search)
@@ -327,13 +332,14 @@ def cmd_experiment(args: argparse.Namespace) -> None:
         args.set.append(f"experiment.losses={args.losses}")
     config = _config_from_args(args, base=demo_config())
     from flows.experiment import experiment
+    from flows.pipeline import task_runner
 
     brief_known_errors()
     shield_temporary_server_from_ctrl_c()
 
     started = time.perf_counter()
     with tags(*run_tags(config, Path(args.config).name if args.config else "demo")):
-        outcome = experiment(config=config, refresh=args.refresh)
+        outcome = experiment.with_options(task_runner=task_runner(args.task_runner, args.dask_address))(config=config, refresh=args.refresh)
     print((Path(outcome["folder"]) / "results.md").read_text(encoding="utf-8"))
     print(f"\nexperiment folder: {outcome['folder']}  ({time.perf_counter() - started:.0f}s)")
 
