@@ -33,7 +33,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,56 +42,21 @@ from prefect.blocks.system import Secret
 from prefect.concurrency.sync import rate_limit
 
 from storage.atomic import sweep_partial_writes
-from storage.errors import InputError
 from storage.layout import DataRoot, user_state_dir
 from storage.locks import exclusive
 from storage.tables import KEYWORDS, read_table
+from tasks.crawl_config import CrawlConfig
 from tasks.crawl_rules import photo_verdict
 from tasks.crawl_state import KEYWORD_DONE, CrawlState
 from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
 from tasks.flickr_client import FLICKR_REST_URL, OFFLINE_KEY, Credentials, FlickrClient, RetryPolicy
 from tasks.orchestration import pipeline_task, root_of, step_logger
-from tasks.pipeline_config import CrawlMode, CrawlSettings
+from tasks.pipeline_config import CrawlSettings
 from tasks.web_tags import english_lexicon, english_tag_count, english_tags
 from webvse_world.flickr_server import FlickrServer
 from webvse_world.web import read_clock
 
 RESULT_CAP = 4000
-CC_LICENSES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 9)  # the Creative Commons licences, CC0 included
-FLICKR_LAUNCH = 1072915200  # 2004-01-01
-
-
-@dataclass(frozen=True)
-class CrawlConfig:
-    api_url: str = FLICKR_REST_URL
-    per_keyword: int = 200
-    new_per_keyword: int = 50  # photos per keyword per later night
-    mode: CrawlMode = "incremental"
-    per_page: int = 250
-    max_keywords: int | None = None
-    search_field: str = "text"
-    sort: str = "relevance"
-    licenses: tuple[int, ...] = CC_LICENSES
-    min_english_tags: int = 2
-    english: str = "wordfreq"  # what makes a tag English: wordfreq's common words, or "captions" (the clean vocabulary)
-    max_per_owner: int = 5
-    first_tags: int = 5
-    size: str = "url_m"
-    calls_per_hour: int = 3600
-    download_workers: int = 4
-    earliest_upload: int = FLICKR_LAUNCH
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    download: DownloadPolicy = field(default_factory=DownloadPolicy)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.per_page <= 500:
-            raise InputError(f"crawl.per_page must be in 1..500, got {self.per_page}")
-        if min(self.per_keyword, self.new_per_keyword, self.max_per_owner) < 1 or self.min_english_tags < 0:
-            raise InputError("crawl.per_keyword, crawl.new_per_keyword and crawl.max_per_owner must be >= 1, crawl.min_english_tags >= 0")
-        if self.mode not in ("incremental", "fresh"):
-            raise InputError(f"crawl.mode must be 'incremental' or 'fresh', got {self.mode!r}")
-        if self.search_field not in ("text", "tags"):
-            raise InputError(f"crawl.search_field must be 'text' or 'tags', got {self.search_field!r}")
 
 
 class Crawler:

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
+from tasks.crawl_config import CrawlConfig, CrawlMode
+from tasks.flickr_client import RetryPolicy
 from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
 from webvse_model.data import CurriculumSchedule
 from webvse_model.encoders import ModelConfig
@@ -26,7 +28,6 @@ from webvse_world.clean import DATASET_FILE
 
 Step = Literal["world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote"]
 STEPS: tuple[Step, ...] = ("world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote")
-CrawlMode = Literal["incremental", "fresh"]
 
 
 class Section(BaseModel):
@@ -67,20 +68,20 @@ class CrawlSettings(Section):
     api_url: str | None = Field(None, description="Flickr REST endpoint; empty = the local corpus below")
     corpus: str | None = Field(None, description="corpus folder to serve locally; empty = the generated world's")
     mode: CrawlMode = Field(
-        "incremental",
+        CrawlConfig.mode,
         description="incremental: continue the crawl with the photos uploaded since each keyword's last crawl; "
         "fresh: crawl again from nothing into a new folder that replaces web/ once it succeeds",
     )
-    per_keyword: int = Field(200, ge=1, description="photos kept per keyword by the first crawl")
-    new_per_keyword: int = Field(50, ge=1, description="at most this many new photos per keyword per later (incremental) crawl")
-    per_page: int = Field(250, ge=1, le=500, description="results per search call (Flickr allows 500)")
+    per_keyword: int = Field(CrawlConfig.per_keyword, ge=1, description="photos kept per keyword by the first crawl")
+    new_per_keyword: int = Field(CrawlConfig.new_per_keyword, ge=1, description="at most this many new photos per keyword per later (incremental) crawl")
+    per_page: int = Field(CrawlConfig.per_page, ge=1, le=500, description="results per search call (Flickr allows 500)")
     max_keywords: int | None = Field(None, ge=1, description="crawl only the first N keywords; empty = all")
-    calls_per_hour: int = Field(3600, ge=1, description="API calls per key per hour (Flickr allows 3,600)")
-    download_workers: int = Field(4, ge=1, description="parallel image downloads")
-    english: Literal["wordfreq", "captions"] = Field(
-        "wordfreq", description="what makes a tag English: a common English word (wordfreq) or a word of the clean captions"
+    calls_per_hour: int = Field(CrawlConfig.calls_per_hour, ge=1, description="API calls per key per hour (Flickr allows 3,600)")
+    download_workers: int = Field(CrawlConfig.download_workers, ge=1, description="parallel image downloads")
+    english: Literal["wordfreq", "captions"] = Field(  # type: ignore[assignment]
+        CrawlConfig.english, description="what makes a tag English: a common English word (wordfreq) or a word of the clean captions"
     )
-    request_attempts: int = Field(8, ge=1, description="attempts per API call / download before the task fails")
+    request_attempts: int = Field(RetryPolicy.attempts, ge=1, description="attempts per API call / download before the task fails")
     key_block: str = Field("flickr-api-key", description="Prefect Secret block with the API key (else $FLICKR_API_KEY)")
     secret_block: str = Field("flickr-api-secret", description="Prefect Secret block with the API secret")
     rate_limit: str | None = Field(None, description="Prefect global concurrency limit to take one slot from per API call")

@@ -19,11 +19,14 @@ from webvse_world.flickr_server import DEFAULT_KEY, Faults, FlickrServer
 
 KEY = Credentials(DEFAULT_KEY, "s")
 DAY_START = 1_500_000_000
+NOW = 1_700_000_000  # after every upload of these corpora
 
 
 def _crawl(root: DataRoot, server: FlickrServer, lines: list[str] | None = None, **settings: object) -> dict[str, object]:
+    """A crawl at one fixed "now": a second crawl is then the same night's, never one that
+    began a second later and so searches the uploads of that second (one more API call)."""
     config = CrawlConfig(api_url=server.rest_url, **{**FAST, **settings})  # type: ignore[arg-type]
-    return run_crawl(root, config, KEY, log=(lines.append if lines is not None else lambda m: None))
+    return run_crawl(root, config, KEY, log=(lines.append if lines is not None else lambda m: None), clock=lambda: NOW)
 
 
 def test_a_malformed_record_is_rejected_with_its_reason_not_fatal_and_a_resume_completes(tmp_path: Path) -> None:
