@@ -38,7 +38,7 @@ from tasks.pipeline_config import (
 from tasks.promotion import NIGHTS_PLOT, model_history, rollback
 from tasks.search import search_images
 from tasks.training import RunSettings, run_settings, train_run
-from tasks.training_data import DataSource, load_web
+from tasks.training_data import DataSource, has_web_data
 from tasks.world import Faults, serve_corpus
 from webvse_model.datasets.flickr8k import flickr8k_to_karpathy
 from webvse_model.metrics import PROTOCOLS
@@ -232,7 +232,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if settings.stage2 is not None and settings.stage1.lambda_tag == 0:
         print("the baseline (--lambda-tag 0) is Stage I only, as in the flow")
         settings = replace(settings, stage2=None)
-    if settings.stage2 is not None and load_web(source, settings.web_fraction) is None:
+    if settings.stage2 is not None and not has_web_data(source):
         print(f"{source.path} has no web image-tag pairs: Stage I only (the crawl, features and vectors steps give a data root its web pairs)")
         settings = replace(settings, stage2=None)
     results = train_run(root.run_dir(run_id), source, settings, resume=not args.no_resume)

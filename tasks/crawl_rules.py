@@ -1,7 +1,7 @@
 """The paper's crawl filters as one pure decision, apart from the I/O around them.
 
 Kept apart so the rules can be read in one place and tested (and mutation-tested, see
-``scripts/mutation.sh``) without a server: the crawler gathers the facts of a photo and
+``scripts/mutation.py``) without a server: the crawler gathers the facts of a photo and
 the crawl's state so far, this module says what becomes of it.
 """
 

@@ -176,11 +176,6 @@ def final_stage_store(run: str | Path) -> CheckpointStore:
     return found
 
 
-def default_stage2(stage1: StageConfig, epochs: int, curriculum: bool = True) -> StageConfig:
-    """The paper's Stage II settings derived from Stage I's (lr / 10, L_IT only)."""
-    return stage2_defaults(stage1, epochs, curriculum=CurriculumSchedule(enabled=curriculum))
-
-
 # ------------------------------------------------------------------ the Prefect tasks
 def run_settings(train: TrainConfig, device: str, lambda_tag: float | None = None, precision: str = "auto") -> RunSettings:
     """The one place the pipeline's ``train`` section becomes the trainer's settings: Stage I,

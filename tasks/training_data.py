@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,7 @@ from tasks.features import unreadable_images
 from tasks.keywords import union_in_order
 from tasks.word_vectors import VECTORS_FILE, load_keyed_vectors, tag_features
 from webvse_model.data import CaptionedImages, WebPairs, pad_token_ids
-from webvse_model.datasets.precomp import read_precomp_split, read_precomp_web
+from webvse_model.datasets.precomp import PRECOMP_WEB_FILES, read_precomp_split, read_precomp_web
 from webvse_model.text import Vocabulary, tokenize
 from webvse_model.train import ConfigError
 
@@ -160,6 +161,14 @@ def web_subset(sha256: pd.Series, fraction: float) -> np.ndarray:
     return np.array([int(sha[:15], 16) / 16**15 < fraction for sha in sha256], dtype=bool)
 
 
+def has_web_data(source: DataSource) -> bool:
+    """Whether the source holds web pairs at all (their files exist), without loading them."""
+    if source.kind == "precomp":
+        return any((Path(source.path) / name).is_file() for name in PRECOMP_WEB_FILES)
+    root = DataRoot.resolve(source.path)
+    return root.web_photos.is_file() and (root.vectors_dir / VECTORS_FILE).is_file()
+
+
 def load_web(source: DataSource, fraction: float = 1.0) -> WebPairs | None:
     """Stage II web pairs of the source, or None when it has none.
 
@@ -170,10 +179,10 @@ def load_web(source: DataSource, fraction: float = 1.0) -> WebPairs | None:
     if source.kind == "precomp":
         web = read_precomp_web(source.path)
         return None if web is None else WebPairs(web.features, web.tag_vectors, web.keyword_rank, name=f"{source.path}:web")
+    if not has_web_data(source):
+        return None
     root = DataRoot.resolve(source.path)
     vectors_file = root.vectors_dir / VECTORS_FILE
-    if not root.web_photos.is_file() or not vectors_file.is_file():
-        return None
     photos = read_table(root.web_photos, WEB_PHOTOS)
     photos = photos[(photos["status"] == "kept") & (photos["sha256"] != "")].drop_duplicates("sha256").reset_index(drop=True)
     if fraction < 1:

@@ -47,6 +47,19 @@ def test_bad_input_is_one_line_not_a_traceback(argv: list[str], message: str, tm
     assert "Traceback" not in result.stderr
 
 
+def test_train_without_web_pairs_is_stage_i_only_and_says_so(tiny_precomp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stage II is the default, but a precomp folder without web_*.npy trains Stage I and says why
+    (wrong version: the run fails with "stage2 is configured but ... has no web pairs")."""
+    clean_only = tmp_path / "clean-only"
+    clean_only.mkdir()
+    for f in tiny_precomp.iterdir():
+        if not f.name.startswith("web_"):
+            (clean_only / f.name).write_bytes(f.read_bytes())
+    assert main(["train", "--precomp", str(clean_only), "--data-root", str(tmp_path), "--run-id", "r", "--epochs", "1", *SMALL]) == 0
+    assert "has no web image-tag pairs: Stage I only" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "r" / "stage1" / "checkpoints.json").is_file() and not (tmp_path / "runs" / "r" / "stage2").exists()
+
+
 def test_wrong_feature_dimension_in_a_split_is_named(tiny_precomp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import numpy as np
 

@@ -17,9 +17,9 @@ import torch
 
 from storage.checkpoints import CheckpointError, CheckpointStore
 from tasks.evaluation import evaluate_run
-from tasks.training import DataSource, RunSettings, default_stage2, train_run
+from tasks.training import DataSource, RunSettings, train_run
 from webvse_model.data import CurriculumSchedule
-from webvse_model.train import ConfigError, StageConfig, load_model
+from webvse_model.train import ConfigError, StageConfig, load_model, stage2_defaults
 
 SMALL = dict(embed_dim=128, hidden_dim=128, gru_hidden=128, word_dim=64, vocab_min_count=1)
 FAST = StageConfig(epochs=10, lr=1e-3, lr_decay_every=100, batch_size=64)
@@ -39,7 +39,7 @@ def test_separable_data_reaches_high_recall_both_ways(tiny_precomp: Path, tmp_pa
 
 def test_tag_loss_and_stage2_train_and_are_evaluated(tiny_precomp: Path, tmp_path: Path) -> None:
     stage1 = replace(FAST, epochs=3)
-    settings = RunSettings(stage1=stage1, stage2=default_stage2(stage1, 3), **SMALL)
+    settings = RunSettings(stage1=stage1, stage2=stage2_defaults(stage1, 3), **SMALL)
     results = train_run(tmp_path / "run", DataSource(str(tiny_precomp)), settings, **QUIET)
     assert set(results) == {"stage1", "stage2"}
     assert results["stage2"].history[0].lr == pytest.approx(stage1.lr / 10)
@@ -54,7 +54,7 @@ def test_tag_loss_and_stage2_train_and_are_evaluated(tiny_precomp: Path, tmp_pat
 
 def test_a_frozen_branch_keeps_its_weights_through_a_stage(tiny_precomp: Path, tmp_path: Path) -> None:
     stage1 = replace(FAST, epochs=2)
-    stage2 = replace(default_stage2(stage1, 2), frozen=("tag",))
+    stage2 = replace(stage2_defaults(stage1, 2), frozen=("tag",))
     train_run(tmp_path / "run", DataSource(str(tiny_precomp)), RunSettings(stage1=stage1, stage2=stage2, **SMALL), **QUIET)
     m1 = load_model(CheckpointStore(tmp_path / "run" / "stage1"), "best")
     m2 = load_model(CheckpointStore(tmp_path / "run" / "stage2"), "best")
@@ -90,7 +90,7 @@ def test_stage2_without_web_pairs_is_a_clear_error(tiny_precomp: Path, tmp_path:
     for f in tiny_precomp.iterdir():
         if not f.name.startswith("web_"):
             (tmp_path / "p" / f.name).write_bytes(f.read_bytes())
-    settings = RunSettings(stage1=replace(FAST, epochs=1), stage2=default_stage2(FAST, 1), **SMALL)
+    settings = RunSettings(stage1=replace(FAST, epochs=1), stage2=stage2_defaults(FAST, 1), **SMALL)
     with pytest.raises(ConfigError, match="no web pairs"):
         train_run(tmp_path / "run", DataSource(str(tmp_path / "p")), settings, **QUIET)
 

@@ -78,10 +78,13 @@ def read_precomp_split(folder: str | Path, split: str, captions_per_image: int =
     return PrecompSplit(split, np.asarray(features, dtype=np.float32), captions, k, tags)
 
 
+PRECOMP_WEB_FILES = ("web_ims.npy", "web_tags.npy", "web_keyword_rank.npy")
+
+
 def read_precomp_web(folder: str | Path) -> PrecompWeb | None:
     """The Stage II web pairs of a precomp folder, or None if it has none."""
     root = Path(folder)
-    names = ("web_ims.npy", "web_tags.npy", "web_keyword_rank.npy")
+    names = PRECOMP_WEB_FILES
     present = [(root / n).is_file() for n in names]
     if not any(present):
         return None
