@@ -23,11 +23,12 @@ from prefect import tags
 from flows.config_flags import add_section_flags, flag_overrides
 from storage.errors import InputError, MissingInputError, WebvseError
 from storage.layout import DataRoot
-from tasks.evaluation import REPORT_DIR, evaluate_run, format_table, latest_runs, model_in_use
+from tasks.evaluation import REPORT_DIR, evaluate_run, format_table, model_in_use, run_source
 from tasks.orchestration import brief_known_errors, shield_temporary_server_from_ctrl_c
 from tasks.pipeline_config import (
     STEP_SECTIONS,
     STEPS,
+    IndexConfig,
     PipelineConfig,
     TrainConfig,
     config_from_dict,
@@ -36,7 +37,9 @@ from tasks.pipeline_config import (
     merge_dotted,
 )
 from tasks.promotion import NIGHTS_PLOT, model_history, rollback
-from tasks.search import search_images
+from tasks.serving.collection import COLLECTIONS
+from tasks.serving.index import index_dir, index_is_current, index_run
+from tasks.serving.retrieval import Answer, Retriever
 from tasks.training import RunSettings, run_settings, train_run
 from tasks.training_data import DataSource, has_web_data
 from tasks.world import Faults, serve_corpus
@@ -52,6 +55,7 @@ STEP_HELP: dict[str, str] = {
     "crawl": "search Flickr per keyword, filter as the paper, download (resumable; an empty --api-url crawls the local corpus)",
     "features": "pretrained CNN features of the clean images and the kept web photos (cached by content)",
     "vectors": "word vectors: load a pretrained file or train Word2Vec on the captions (and the web tags)",
+    "index": "embed a collection (test split, all clean images, web photos or your folder) and the caption bank with a run, for serve/search",
 }
 
 
@@ -73,6 +77,12 @@ def describe_step(step: str, value: Any, config: PipelineConfig) -> list[str]:
         return [f"{value['computed']} computed, {value['cached']} cached, {value['failed']} failed -> {root.features_dir(value['encoder_id'])}"]
     if step == "vectors":
         return [f"word vectors -> {value}"]
+    if step == "index":
+        metrics = value["test_metrics"]
+        scored = f"; its test R@1 {metrics['t2i_r1']:.1f} / R@10 {metrics['t2i_r10']:.1f} (text->image)" if metrics else ""
+        return [f"{value['items']} {value['collection']} images, {value['captions']} captions with {value['run']}/{value['stage']}{scored}",
+                f"{value['search']} search, recall@10 against exact {value['recall_at_10_vs_exact']:.3f}; built in {value['build_seconds']:.1f}s",
+                f"serve it: webvse serve --run {value['run_dir']} --collection {value['settings']['collection']}"]  # fmt: skip
     return [f"{step}: {value}"]
 
 
@@ -85,10 +95,23 @@ def _add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="data root (default $WEBVSE_DATA_ROOT or ./webvse-data)")
 
 
-def _add_hardware(p: argparse.ArgumentParser) -> None:
+def _add_hardware(p: argparse.ArgumentParser, precision: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="CNN forward and training: bf16 autocast where the hardware has it natively (auto), or force fp32 / bf16")  # fmt: skip
+    if precision:
+        p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="CNN forward and training: bf16 autocast where the hardware has it natively (auto), or force fp32 / bf16")  # fmt: skip
+
+
+def _add_index_choice(p: argparse.ArgumentParser) -> None:
+    """Which index: a run (default: the model in use) and a collection; the rest from --config/--set."""
+    _add_data_root(p)
+    _add_hardware(p, precision=False)
+    p.add_argument("--run", default=None, help="run id or folder (default: the model in use, else the newest run)")
+    p.add_argument("--collection", choices=COLLECTIONS, default=IndexConfig.model_fields["collection"].default,
+                   help="test split, all clean images, crawled web photos, or --folder")  # fmt: skip
+    p.add_argument("--folder", default=None, help="with --collection folder: your photos")
+    p.add_argument("--config", default=None, help="YAML pipeline configuration (its index section: approximate, nprobe ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. index.nprobe=64")
 
 
 def _add_task_runner(p: argparse.ArgumentParser) -> None:
@@ -125,12 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="re-run these (and what depends on them)")
     _add_task_runner(experiment)
 
-    search = sub.add_parser("search", help="text -> images with a trained run; writes an HTML gallery")
-    _add_common(search)
-    search.add_argument("query")
-    search.add_argument("--run", default=None, help="run id or folder (default: the model in use, else the last evaluated run)")
-    search.add_argument("-k", type=int, default=5)
-    search.add_argument("--split", default=None, help="image set: a split of the run's data (default: test)")
+    search = sub.add_parser("search", help="the command-line client of the index: text -> images, or --image FILE -> captions")
+    _add_index_choice(search)
+    search.add_argument("query", nargs="?", default=None, help="words to find images for")
+    search.add_argument("--image", default=None, help="an image file to find captions for (instead of a query)")
+    search.add_argument("-k", type=int, default=5, help="hits per page")
+    search.add_argument("--page", type=int, default=1, help="which page of k hits")
+
+    serve = sub.add_parser("serve", help="HTTP API + web page over a run's index (built first when missing or stale)")
+    _add_index_choice(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only; 0.0.0.0 exposes it)")
+    serve.add_argument("--port", type=int, default=8000)
 
     train = sub.add_parser("train", help="train on precomputed features (VSE++ precomp folder)")
     _add_common(train)
@@ -172,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     for step, sections in STEP_SECTIONS.items():
         command = sub.add_parser(step, help=STEP_HELP[step], description=f"{STEP_HELP[step]}. The same as `webvse run --steps {step}`: cached, retried.")
         _add_data_root(command)
-        if step == "features":
-            _add_hardware(command)
+        if step in ("features", "index"):
+            _add_hardware(command, precision=step == "features")  # an index embeds at the precision of the run's features
         command.add_argument("--config", default=None, help="YAML file of the pipeline configuration; the flags below override it")
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field, e.g. crawl.per_page=100")
         command.add_argument("--refresh", action="store_true", help="run the step again past its cache")
@@ -284,6 +312,8 @@ def _print_outcome(config: PipelineConfig, outcome: dict[str, Any]) -> None:
     if promotion and "candidate_val_rsum" in promotion:
         verdict = "promoted" if promotion["promoted"] else "not promoted"
         print(f"{verdict}: {promotion['reason']}; model in use: {promotion['in_use']}")
+    if outcome.get("index"):
+        print("index: " + "\n       ".join(describe_step("index", outcome["index"], config)))
     print(f"pipeline finished in {outcome['seconds']:.1f}s")
 
 
@@ -344,14 +374,60 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     print(f"\nexperiment folder: {outcome['folder']}  ({time.perf_counter() - started:.0f}s)")
 
 
-def cmd_search(args: argparse.Namespace) -> None:
+def open_index(args: argparse.Namespace) -> Retriever:
+    """The index of the chosen run and collection; built first (the flow's index step) when missing or stale."""
     root = DataRoot.resolve(args.data_root)
-    run = _resolve_run(root, args.run) if args.run else (model_in_use(root) or Path(list(latest_runs(root).values())[-1]))
-    result = search_images(run, args.query, args.k, args.split, args.device)
-    print(f"{args.query!r} with {run.name}/{result.stage}" + (f" (unknown words: {', '.join(result.unknown_words)})" if result.unknown_words else ""))
-    for rank, (path, score) in enumerate(result.hits, start=1):
-        print(f"{rank:>3}  {score:6.3f}  {path}")
-    print(f"gallery: {result.gallery}")
+    run = _resolve_run(root, args.run) if args.run else index_run(root, None)
+    folder = index_dir(run, args.collection, args.folder)
+    if not index_is_current(folder, run):
+        print(f"building the index of {run.name} ({args.collection}): the flow's index step", flush=True)
+        args.data_root = run_source(run).path  # the run's own data root holds the step's cache records
+        flags = {"index.run": str(run.absolute()), "index.collection": args.collection, "index.folder": args.folder}
+        config = _config_from_args(args, flags={k: v for k, v in flags.items() if v is not None})
+        for line in describe_step("index", _run_flow(config, ["index"], [])["index"], config):
+            print(line)
+    return Retriever.open(folder, args.device)
+
+
+def _print_answer(answer: Answer, retriever: Retriever) -> None:
+    health = retriever.health()
+    print(f"{answer.direction} with {health['run']}/{health['stage']} over {answer.total} "
+          f"{'images' if answer.direction == 'text-to-images' else 'captions'} ({health['collection']}, {health['search']})")  # fmt: skip
+    if answer.unknown_words:
+        print(f"not in the model's vocabulary, ignored: {', '.join(answer.unknown_words)}")
+    print(f"this query's cosines: min {answer.score_min:.3f}, median {answer.score_median:.3f}, max {answer.score_max:.3f}")
+    for hit in answer.hits:
+        if answer.direction == "text-to-images":
+            label = f"  {hit.labels[0]}" if hit.labels else ""
+            print(f"{hit.rank:>4}  {hit.score:6.3f}  {retriever.index.items['path'][retriever.index.row_of[hit.id]]}{label}")
+        else:
+            print(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.text}  ({hit.split})")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    if (args.query is None) == (args.image is None):
+        raise InputError("give either a query (text -> images) or --image FILE (image -> captions)")
+    retriever = open_index(args)
+    if args.image is not None:
+        image = Path(args.image)
+        if not image.is_file():
+            raise MissingInputError(f"no image file {image}")
+        answer = retriever.captions_for_upload(image.read_bytes(), image.name, args.k, args.page)
+    else:
+        answer = retriever.text_to_images(args.query, args.k, args.page)
+    _print_answer(answer, retriever)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from tasks.serving.app import create_app
+
+    retriever = open_index(args)
+    health = retriever.health()
+    print(f"serving {health['run']}/{health['stage']}: {health['items']} images, {health['captions']} captions "
+          f"({health['search']}) on http://{args.host}:{args.port}/  (API: /health, /api/text-to-images, /api/image-to-captions)", flush=True)  # fmt: skip
+    uvicorn.run(create_app(retriever), host=args.host, port=args.port, log_level="warning")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -434,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     handlers = {
         "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "flickr-server": cmd_flickr_server,
-        "import-flickr8k": cmd_import_flickr8k, "import-mirflickr": cmd_import_mirflickr, "run": cmd_run, "search": cmd_search,
+        "import-flickr8k": cmd_import_flickr8k, "import-mirflickr": cmd_import_mirflickr, "run": cmd_run, "search": cmd_search, "serve": cmd_serve,
         "experiment": cmd_experiment, "models": cmd_models, "rollback": cmd_rollback,
     } | dict.fromkeys(STEP_SECTIONS, cmd_step)  # fmt: skip
     try:

@@ -1,4 +1,4 @@
-"""The ``webvse`` flow: keywords -> crawl -> features -> vectors -> stage1 -> stage2 -> evaluate -> promote.
+"""The ``webvse`` flow: keywords -> crawl -> features -> vectors -> stage1 -> stage2 -> evaluate -> promote -> index.
 
 Composition only. Each step is a task of ``tasks/`` with its own retries and a cache
 keyed on its parameters, its code and the content of the files it reads (see
@@ -33,6 +33,7 @@ from tasks.keywords import keywords_step
 from tasks.orchestration import StepOutcome, StepPlan, configured
 from tasks.pipeline_config import PipelineConfig, Step
 from tasks.promotion import model_in_use, promote_step, test_rsum_of
+from tasks.serving.index import index_step
 from tasks.training import run_settings, stage1_step, stage2_step
 from tasks.training_data import DataSource
 from tasks.word_vectors import vectors_step
@@ -123,4 +124,8 @@ def webvse(
     promotion = None
     if plan.runs("promote") and "webly" in runs:
         promotion = step("promote", promote_step)(data_root, runs["webly"], config.promote, night, test_rsum_of(table, "webly"), config.device)
-    return {"runs": runs, "results": table, "promotion": promotion, "steps": prepared.steps}
+    index = None
+    if plan.runs("index"):
+        served = config.index.run or model_in_use(root) or runs.get("webly")  # what `webvse serve` serves
+        index = step("index", index_step)(data_root, str(served) if served else None, config.index, config.device)
+    return {"runs": runs, "results": table, "promotion": promotion, "index": index, "steps": prepared.steps}

@@ -108,6 +108,34 @@ def feature_schema(dim: int) -> TableSchema:
     )
 
 
+def index_items_schema(dim: int) -> TableSchema:
+    """``runs/<run>/index/<collection>/items.parquet``: what a search returns, with its joint-space vector."""
+    return TableSchema(
+        f"index/items[{dim}]",
+        pa.schema([
+            ("sha256", pa.string()), ("path", pa.string()), ("split", pa.string()), ("source", pa.string()),
+            ("labels", pa.list_(pa.string())), ("embedding", pa.list_(pa.float32(), dim)),
+        ]),  # fmt: skip
+    )
+
+
+def index_captions_schema(dim: int) -> TableSchema:
+    """``runs/<run>/index/<collection>/captions.parquet``: the caption bank an image is described from."""
+    return TableSchema(
+        f"index/captions[{dim}]",
+        pa.schema([
+            ("caption_id", pa.string()), ("image_sha256", pa.string()), ("split", pa.string()), ("text", pa.string()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+        ]),  # fmt: skip
+    )
+
+
+def vectors_matrix(table: pa.Table, column: str, dim: int) -> np.ndarray:
+    """A fixed-size-list float32 column as a contiguous ``[rows, dim]`` array."""
+    values = table.column(column).combine_chunks().values.to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(len(table), dim), dtype=np.float32)
+
+
 def _to_arrow(frame: pd.DataFrame | pa.Table, spec: TableSchema, where: Path) -> pa.Table:
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     for column, value in spec.added:
@@ -200,9 +228,7 @@ def read_shards(folder: str | Path, spec: TableSchema) -> pa.Table:
 
 def features_matrix(table: pa.Table, dim: int) -> np.ndarray:
     """The ``feature`` column of a feature table as a contiguous ``[rows, dim]`` float32 array."""
-    column = table.column("feature").combine_chunks()
-    values = column.values.to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(values.reshape(len(table), dim), dtype=np.float32)
+    return vectors_matrix(table, "feature", dim)
 
 
 RUN_EVALUATION = TableSchema(

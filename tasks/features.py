@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ from storage.tables import (
 )
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import FeaturesConfig
-from webvse_model.cnn import DEFAULT_ENCODER, build_encoder, encoder_spec
+from webvse_model.cnn import DEFAULT_ENCODER, build_encoder, cnn_features, encoder_spec
 from webvse_model.precision import use_bf16
 from webvse_model.train import pick_device
 
@@ -62,6 +62,12 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise InputError("missing file")
     if source.stat().st_size == 0:
         raise InputError("zero bytes")
+    return decode_rgb(source)
+
+
+def decode_rgb(source: Path | BinaryIO) -> Image.Image:
+    """Decode a file or a stream (an uploaded query image) as RGB, alpha over white, under the
+    pixel guard; raises InputError with a short reason when it is no decodable image."""
     try:
         with Image.open(source) as image:
             if image.width * image.height > MAX_PIXELS:
@@ -216,10 +222,7 @@ def compute_features(
                 counts["failed"] += len(bad)
             if batch is None:
                 continue
-            x = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = net(x)
-            pending_vec.append(out.float().cpu().numpy())
+            pending_vec.append(cnn_features(net, batch, device, bf16).cpu().numpy())
             pending_sha.extend(todo["sha256"][i] for i in indices)
             counts["computed"] += len(indices)
             if len(pending_sha) >= settings.shard_rows:

@@ -49,6 +49,7 @@ DEPENDS_ON: dict[Step, tuple[Step, ...]] = {
     "stage2": ("stage1", "crawl", "features", "vectors"),
     "evaluate": ("stage1", "stage2"),
     "promote": ("stage1", "stage2", "evaluate"),
+    "index": ("keywords", "features", "stage1", "stage2", "evaluate", "promote"),
 }
 
 

@@ -18,6 +18,8 @@ from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from tasks.crawl_config import CrawlConfig, CrawlMode
 from tasks.flickr_client import RetryPolicy
+from tasks.serving.collection import COLLECTIONS
+from tasks.serving.index_settings import Approximate, IndexSettings
 from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
 from webvse_model.data import CurriculumSchedule
 from webvse_model.encoders import ModelConfig
@@ -26,8 +28,8 @@ from webvse_model.precision import Precision
 from webvse_model.train import STAGE2_EPOCHS, STAGE2_LR_FACTOR, ConfigError, StageConfig
 from webvse_world.clean import DATASET_FILE
 
-Step = Literal["world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote"]
-STEPS: tuple[Step, ...] = ("world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote")
+Step = Literal["world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote", "index"]
+STEPS: tuple[Step, ...] = ("world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote", "index")
 
 
 class Section(BaseModel):
@@ -154,6 +156,22 @@ class PromoteConfig(Section):
     margin: float = Field(0.0, description="a new model must beat the validation rsum of the model in use by more than this")
 
 
+class IndexConfig(Section):
+    """The index step: a trained run's embeddings of a collection, for ``webvse serve`` and ``webvse search``."""
+
+    run: str | None = Field(None, description="run folder to index (default: the model in use, else the run just trained)")
+    collection: Literal[COLLECTIONS] = Field(  # type: ignore[valid-type]
+        IndexSettings.collection, description="test split, all clean images, the crawled web photos, or a folder of your photos"
+    )
+    folder: str | None = Field(IndexSettings.folder, description="with collection folder: the photos to index (their features are computed)")
+    approximate: Approximate = Field(IndexSettings.approximate, description="auto: faiss IVF from approximate_from items on; exact or approximate force it")
+    approximate_from: int = Field(IndexSettings.approximate_from, ge=1, description="collection size from which auto searches approximately")
+    nprobe: int = Field(IndexSettings.nprobe, ge=1, description="IVF clusters scanned per query (recall@10 against exact is measured at build)")
+
+    def settings(self) -> IndexSettings:
+        return IndexSettings(self.collection, self.folder, self.approximate, self.approximate_from, self.nprobe)
+
+
 class ExperimentConfig(Section):
     """The grid of ``webvse experiment``: losses x {baseline, Stage I, Stage II +- curriculum} x seeds."""
 
@@ -202,6 +220,7 @@ class PipelineConfig(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
+    index: IndexConfig = IndexConfig()
     experiment: ExperimentConfig = ExperimentConfig()
     retries: RetryConfig = RetryConfig()
 
@@ -233,6 +252,7 @@ STEP_SECTIONS: dict[Step, dict[str, type[Section]]] = {
     "crawl": {"crawl": CrawlSettings},
     "features": {"features": FeaturesConfig},
     "vectors": {"vectors": VectorsConfig},
+    "index": {"index": IndexConfig},
 }
 
 

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from storage.atomic import atomic_write_path, atomic_write_text  # noqa: E402
+from storage.atomic import atomic_write_path  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -182,19 +182,3 @@ def artifact_table(table: pd.DataFrame, label_column: str = "variant") -> list[d
         rows.append(out)
     return rows
 
-
-def gallery_html(query: str, hits: Sequence[tuple[str, float]], path: Path) -> Path:
-    """A small self-contained HTML page of search hits (file:// image links)."""
-    cells = "\n".join(
-        f'<figure><img src="{html.escape(Path(p).resolve().as_uri())}" loading="lazy"><figcaption>#{i} · {s:.3f}<br>'
-        f"{html.escape(Path(p).name)}</figcaption></figure>"
-        for i, (p, s) in enumerate(hits, start=1)
-    )
-    page = (
-        "<!doctype html><meta charset='utf-8'><title>webvse search</title>"
-        "<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px;width:230px}"
-        "img{width:224px;height:224px;object-fit:cover}</style>"
-        f"<h2>{html.escape(query)}</h2>\n{cells}\n"
-    )
-    atomic_write_text(path, page)
-    return path

@@ -35,7 +35,7 @@ from webvse_model.reference_metrics import reference_ranks
 from webvse_model.train import ConfigError
 from webvse_world.flickr_server import FlickrServer
 
-EVERY_TASK = {"world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote"}
+EVERY_TASK = {"world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote", "index"}
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +229,8 @@ def test_the_crawl_completes_through_a_task_retry_when_flickr_is_down_at_first(t
 def test_refresh_reruns_the_step_and_what_depends_on_it() -> None:
     plan = StepPlan.make(None, ["crawl"])
     assert plan.selected == set(STEPS)
-    assert plan.refreshed == {"crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote"}
-    assert StepPlan.make(["evaluate"], ["evaluate"]).refreshed == {"evaluate", "promote"}  # promote: only where selected
+    assert plan.refreshed == {"crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote", "index"}
+    assert StepPlan.make(["evaluate"], ["evaluate"]).refreshed == {"evaluate", "promote", "index"}  # promote, index: only where selected
     with pytest.raises(ValueError, match="unknown step"):
         StepPlan.make(["crawll"])
 
@@ -319,22 +319,24 @@ def test_shipped_configurations_are_valid() -> None:
 
 
 @pytest.mark.slow
-def test_search_ranks_the_run_images_for_a_text_query(first_run) -> None:
-    from tasks.search import search_images
+def test_search_is_the_command_line_client_of_the_flow_s_index(first_run, capsys: pytest.CaptureFixture[str]) -> None:
+    """The flow's last step indexed the model in use; `webvse search` reads that index (it does
+    not build one) and prints hits best first with the query's score range."""
+    from flows.cli import main
 
     config, state = first_run
-    run = Path(state.result()["runs"]["webly"])
-    result = search_images(run, "a red dog on the beach", k=4, device="cpu")
-    assert result.stage == "stage2" and len(result.hits) == 4
-    scores = [score for _, score in result.hits]
-    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
-    assert all(Path(path).is_file() for path, _ in result.hits)
-    page = result.gallery.read_text()
-    assert page.count("<img ") == 4 and "a red dog on the beach" in page
-    with pytest.raises(ValueError, match="empty"):
-        search_images(run, "   ")
-    with pytest.raises(InputError, match="none of the query's words is in the model's vocabulary \\(xyzzy, plugh\\)"):
-        search_images(run, "xyzzy plugh")  # arbitrary images for an all-<unk> caption would look like an answer
+    outcome = state.result()
+    assert outcome["index"]["run_dir"] == outcome["runs"]["webly"] and outcome["index"]["stage"] == "stage2"
+    root = str(config.root.root)
+    assert main(["search", "a red dog on the beach", "-k", "4", "--data-root", root, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "building the index" not in out and "this query's cosines: min" in out
+    hits = [line.split() for line in out.splitlines() if re.match(r"^\s+\d+\s+-?\d\.\d{3}\s", line)]
+    assert [int(h[0]) for h in hits] == [1, 2, 3, 4]
+    scores = [float(h[1]) for h in hits]
+    assert scores == sorted(scores, reverse=True) and all(Path(h[2]).is_file() for h in hits)
+    assert main(["search", "xyzzy plugh", "--data-root", root]) == 2
+    assert "none of its words (xyzzy, plugh)" in capsys.readouterr().err  # arbitrary images for an all-<unk> caption would look like an answer
 
 
 @pytest.mark.slow

@@ -1,0 +1,1 @@
+"""Retrieval people can use: the index step, search in both directions, the HTTP app and its page."""
