@@ -47,7 +47,11 @@ def main() -> None:
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as folder:
         root = DataRoot(Path(folder))
-        write_table(root.web_photos, pd.DataFrame([photo(i, f"kw{i // 200}") for i in range(args.rows)], columns=WEB_PHOTOS.columns), WEB_PHOTOS)
+        write_table(
+            root.web_photos,
+            pd.DataFrame([photo(i, f"kw{i // 200}") for i in range(args.rows)], columns=WEB_PHOTOS.columns),
+            WEB_PHOTOS,
+        )
         state = CrawlState(root)
         incremental, rebuild = [], []
         for page in range(args.pages):
@@ -62,7 +66,9 @@ def main() -> None:
             state.commit((keyword, -1, -1), 1, True, False, page + 1)
             incremental.append(time.perf_counter() - start)
             start = time.perf_counter()
-            baseline = write_table(Path(folder) / "rebuilt.parquet", pd.DataFrame(list(state.rows.values()), columns=WEB_PHOTOS.columns), WEB_PHOTOS)
+            baseline = write_table(
+                Path(folder) / "rebuilt.parquet", pd.DataFrame(list(state.rows.values()), columns=WEB_PHOTOS.columns), WEB_PHOTOS
+            )
             rebuild.append(time.perf_counter() - start)
             assert baseline.read_bytes() == root.web_photos.read_bytes(), "incremental commit wrote a different file"
     fast, slow = statistics.median(incremental), statistics.median(rebuild)

@@ -54,7 +54,11 @@ def main() -> None:
     t_loop, slow = timed(lambda: reference_evaluate(images.cpu().numpy(), captions.cpu().numpy(), k), 1)
     assert fast == slow, f"vectorized and per-query results differ:\n{fast}\n{slow}"
     print(f"{'method':<34}{'median s':>10}{'vs bare':>10}{'speed-up vs loop':>18}")
-    for name, t in (("bare similarity matmul", t_bare), ("evaluate_embeddings (vectorized)", t_fast), ("per-query VSE++ loop (numpy)", t_loop)):
+    for name, t in (
+        ("bare similarity matmul", t_bare),
+        ("evaluate_embeddings (vectorized)", t_fast),
+        ("per-query VSE++ loop (numpy)", t_loop),
+    ):
         print(f"{name:<34}{t:>10.3f}{t / t_bare:>9.2f}x{t_loop / t:>17.1f}x")
     print(f"all numbers equal: {fast.summary()}")
 

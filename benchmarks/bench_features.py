@@ -28,7 +28,9 @@ from webvse_model.precision import cpu_has_native_bf16
 from webvse_world.clean import CleanSizes, generate_clean_dataset
 
 
-def bare_forward(net: torch.nn.Module, batches: list[torch.Tensor], device: torch.device, channels_last: bool, bf16: bool) -> tuple[float, torch.Tensor]:
+def bare_forward(
+    net: torch.nn.Module, batches: list[torch.Tensor], device: torch.device, channels_last: bool, bf16: bool
+) -> tuple[float, torch.Tensor]:
     """(images/s, features of the first batch) of the forward alone."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(device, memory_format=layout)
@@ -60,7 +62,10 @@ def main() -> None:
         spec, net, _ = build_encoder(args.encoder)
         device = torch.device(args.device)
         transform = spec.transform()
-        batches = [torch.stack([transform(load_rgb(p)) for p in paths[i : i + args.batch_size]]) for i in range(0, len(paths), args.batch_size)]
+        batches = [
+            torch.stack([transform(load_rgb(p)) for p in paths[i : i + args.batch_size]])
+            for i in range(0, len(paths), args.batch_size)
+        ]
         bare = {
             "fp32, NCHW": bare_forward(net, batches, device, channels_last=False, bf16=False),
             "fp32, channels_last": bare_forward(net, batches, device, channels_last=True, bf16=False),
@@ -74,11 +79,19 @@ def main() -> None:
         for precision in ("bf16", "fp32"):
             for workers in args.workers:
                 root = DataRoot.resolve(Path(tmp) / f"root-{precision}-{workers}")
-                settings = FeatureSettings(args.encoder, batch_size=args.batch_size, workers=workers, device=args.device, precision=precision)
-                rows.append((precision, workers, compute_features(root, frame, settings, log=lambda m: None)["images_per_second"]))
+                settings = FeatureSettings(
+                    args.encoder, batch_size=args.batch_size, workers=workers, device=args.device, precision=precision
+                )
+                rows.append(
+                    (precision, workers, compute_features(root, frame, settings, log=lambda m: None)["images_per_second"])
+                )
     native = f"native bf16 on this CPU: {cpu_has_native_bf16()}" if device.type == "cpu" else ""
-    print(f"{len(paths)} JPEGs, {spec.encoder_id}, batch {args.batch_size}, {device}, {torch.get_num_threads()} torch threads; {native}")
-    print(f"baseline: the {baseline_name} bare forward; cosine of bf16 to fp32 features: mean {cosines.mean():.5f}, min {cosines.min():.5f}")
+    print(
+        f"{len(paths)} JPEGs, {spec.encoder_id}, batch {args.batch_size}, {device}, {torch.get_num_threads()} torch threads; {native}"
+    )
+    print(
+        f"baseline: the {baseline_name} bare forward; cosine of bf16 to fp32 features: mean {cosines.mean():.5f}, min {cosines.min():.5f}"
+    )
     print(f"{'mode':<52}{'img/s':>8}{'vs baseline':>13}")
     for name, (rate, _) in bare.items():
         print(f"{f'bare forward, {name}':<52}{rate:>8.1f}{rate / baseline:>13.2f}")

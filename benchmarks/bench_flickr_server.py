@@ -78,6 +78,7 @@ def main() -> None:
         if not args.corpus:
             generate_web_corpus(corpus, WebSizes(photos_per_object=40))
         with FlickrServer(corpus) as server:
+
             def search(i: int) -> tuple[str, dict[str, object]]:
                 keyword = OBJECTS[i % len(OBJECTS)].name
                 return server.rest_url, {"method": "flickr.photos.search", "api_key": DEFAULT_KEY, "format": "json",
@@ -88,10 +89,14 @@ def main() -> None:
             images, image_size = _hammer(lambda i: (urls[i % len(urls)], None), args.requests, args.clients, "get")
             photos = len(server.corpus.photos)
         bare = _bare_server(b"x" * body_size)
-        base, _ = _hammer(lambda i: (f"http://127.0.0.1:{bare.server_address[1]}/services/rest/", {"n": i}), args.requests, args.clients)
+        base, _ = _hammer(
+            lambda i: (f"http://127.0.0.1:{bare.server_address[1]}/services/rest/", {"n": i}), args.requests, args.clients
+        )
         bare.shutdown()
         bare_img = _bare_server(b"x" * image_size)
-        base_img, _ = _hammer(lambda i: (f"http://127.0.0.1:{bare_img.server_address[1]}/a.jpg", None), args.requests, args.clients, "get")
+        base_img, _ = _hammer(
+            lambda i: (f"http://127.0.0.1:{bare_img.server_address[1]}/a.jpg", None), args.requests, args.clients, "get"
+        )
         bare_img.shutdown()
     print(f"corpus {photos} photos, {args.requests} requests per row, {args.clients} client threads, 127.0.0.1")
     print(f"{'endpoint':<44}{'req/s':>9}{'vs bare':>9}")

@@ -61,7 +61,9 @@ def serve(vectors: np.ndarray, approximate: bool, dim: int, port: int, ready: An
     queries = vectors[picks] + (0.25 / dim**0.5) * np.random.default_rng(1).standard_normal((200, dim), dtype=np.float32)
     recall = search.recall_against_exact(queries / np.linalg.norm(queries, axis=1, keepdims=True), 10)
     count = len(vectors)
-    items = pd.DataFrame({"sha256": [f"{i:064x}" for i in range(count)], "path": "", "split": "", "source": "synthetic", "labels": [[]] * count})
+    items = pd.DataFrame(
+        {"sha256": [f"{i:064x}" for i in range(count)], "path": "", "split": "", "source": "synthetic", "labels": [[]] * count}
+    )
     captions = pd.DataFrame(columns=["caption_id", "image_sha256", "split", "text"])
     manifest = {"run": "synthetic", "stage": "stage1", "collection": f"synthetic-{count}", "search": "approximate (faiss IVF)" if approximate else "exact",
                 "recall_at_10_vs_exact": recall, "test_metrics": None, "built_at": "-"}  # fmt: skip
@@ -110,7 +112,11 @@ def measure(port: int, queries: int, k: int, clients: int = 4) -> dict[str, floa
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
-    return {"p50": 1000 * statistics.median(latencies), "p95": 1000 * latencies[int(0.95 * (len(latencies) - 1))], "qps": done[0] / elapsed}
+    return {
+        "p50": 1000 * statistics.median(latencies),
+        "p95": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
+        "qps": done[0] / elapsed,
+    }
 
 
 def main() -> None:
@@ -139,7 +145,15 @@ def main() -> None:
             result = measure(port, count, args.k)
             child.terminate()
             child.join()
-            rows.append({"items": size, "search": "IVF (faiss)" if approximate else "exact", "build s": build, "recall@10": recall, **result})
+            rows.append(
+                {
+                    "items": size,
+                    "search": "IVF (faiss)" if approximate else "exact",
+                    "build s": build,
+                    "recall@10": recall,
+                    **result,
+                }
+            )
             print(f"{size:>9,} {rows[-1]['search']:<12} build {build:7.2f}s  recall@10 {recall:.3f}  "
                   f"p50 {result['p50']:8.1f} ms  p95 {result['p95']:8.1f} ms  {result['qps']:7.1f} req/s", flush=True)  # fmt: skip
         del vectors

@@ -57,7 +57,12 @@ def main() -> None:
     rows = [("one caption per call (baseline)", timed(one, texts[: args.baseline_captions]))]
     rows.append(("nlp.pipe, batch 512, 1 process", timed(SpacyBackend(batch_size=512), texts)))
     if args.processes > 1:
-        rows.append((f"nlp.pipe, batch 512, {args.processes} processes", timed(SpacyBackend(batch_size=512, n_process=args.processes), texts)))
+        rows.append(
+            (
+                f"nlp.pipe, batch 512, {args.processes} processes",
+                timed(SpacyBackend(batch_size=512, n_process=args.processes), texts),
+            )
+        )
     print(f"{len(texts)} captions ({origin}); spaCy en_core_web_sm + lemminflect; baseline on {args.baseline_captions}")
     print(f"{'mode':<36}{'captions/s':>12}{'vs baseline':>13}")
     for name, rate in rows:

@@ -37,7 +37,9 @@ def median_time(fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> fl
     return statistics.median(times[2:])  # the first steps warm up allocators and pick kernels
 
 
-def time_steps(precision: str, data: CaptionedImages, batches: list[np.ndarray], vocab: int, device: torch.device) -> tuple[float, float]:
+def time_steps(
+    precision: str, data: CaptionedImages, batches: list[np.ndarray], vocab: int, device: torch.device
+) -> tuple[float, float]:
     """(full step, bare step) median seconds at one precision, from the same initial weights."""
     torch.manual_seed(0)
     model = JointEmbedding(ModelConfig(image_dim=2048, vocab_size=vocab, tag_dim=300)).to(device)
@@ -91,7 +93,9 @@ def main() -> None:
     times = {precision: time_steps(precision, data, batches, vocab, device) for precision in ("fp32", "bf16")}
     baseline = times["bf16"][1]
     native = f"native bf16 on this CPU: {cpu_has_native_bf16()}" if device.type == "cpu" else ""
-    print(f"batch {args.batch_size}, features 2048, D=1024, GRU 1024, vocab {vocab}, {device}, {torch.get_num_threads()} threads; {native}")
+    print(
+        f"batch {args.batch_size}, features 2048, D=1024, GRU 1024, vocab {vocab}, {device}, {torch.get_num_threads()} threads; {native}"
+    )
     print(f"{'step':<44}{'median ms':>12}{'vs bf16 bare':>14}")
     for precision in ("bf16", "fp32"):
         full, bare = times[precision]

@@ -45,7 +45,9 @@ def caption_vocabulary(captions_csv: Path) -> CaptionVocabulary:
 def compare(name: str, tag_lists: list[list[str]], vocabulary: CaptionVocabulary) -> None:
     rules = {"wordfreq": WordfreqEnglish(), "captions": vocabulary}
     counts = Counter(tag for tags in tag_lists for tag in tags)
-    accepted = {rule: {t for t in counts if any(is_english(w, lex) for w in normalise_tag(t, lex))} for rule, lex in rules.items()}
+    accepted = {
+        rule: {t for t in counts if any(is_english(w, lex) for w in normalise_tag(t, lex))} for rule, lex in rules.items()
+    }
     photos = {rule: sum(english_tag_count(tags, lex) >= 2 for tags in tag_lists) for rule, lex in rules.items()}
     print(f"\n## {name}: {len(tag_lists):,} photos, {len(counts):,} distinct tags, {sum(counts.values()):,} tag uses\n")
     print("| rule | distinct tags accepted | tag uses accepted | photos with >= 2 English tags |\n|---|---|---|---|")
@@ -55,7 +57,10 @@ def compare(name: str, tag_lists: list[list[str]], vocabulary: CaptionVocabulary
               f"{photos[rule]:,} ({photos[rule] / len(tag_lists):.0%}) |")  # fmt: skip
     for only, other in (("wordfreq", "captions"), ("captions", "wordfreq")):
         tags = sorted(accepted[only] - accepted[other], key=lambda t: -counts[t])
-        print(f"\nEnglish by {only} only ({len(tags)} tags; the 20 most used): " + ", ".join(f"`{t}` ({counts[t]})" for t in tags[:20]))
+        print(
+            f"\nEnglish by {only} only ({len(tags)} tags; the 20 most used): "
+            + ", ".join(f"`{t}` ({counts[t]})" for t in tags[:20])
+        )
 
 
 def main() -> None:

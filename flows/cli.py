@@ -30,6 +30,7 @@ from tasks.pipeline_config import (
     STEPS,
     IndexConfig,
     PipelineConfig,
+    Step,
     TrainConfig,
     config_from_dict,
     demo_config,
@@ -74,7 +75,9 @@ def describe_step(step: str, value: Any, config: PipelineConfig) -> list[str]:
                  f"with {value['api_calls']} API calls in {value['seconds']:.1f}s -> {root.web_photos}"]  # fmt: skip
         return lines + [f"  {status:<28}{count:>7}" for status, count in sorted(value["statuses"].items())]
     if step == "features":
-        return [f"{value['computed']} computed, {value['cached']} cached, {value['failed']} failed -> {root.features_dir(value['encoder_id'])}"]
+        return [
+            f"{value['computed']} computed, {value['cached']} cached, {value['failed']} failed -> {root.features_dir(value['encoder_id'])}"
+        ]
     if step == "vectors":
         return [f"word vectors -> {value}"]
     if step == "index":
@@ -115,8 +118,12 @@ def _add_index_choice(p: argparse.ArgumentParser) -> None:
 
 
 def _add_task_runner(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task-runner", choices=("thread", "dask"), default="thread", help="Prefect task runner (dask: pip install -e '.[dask]')")
-    p.add_argument("--dask-address", default=None, help="with --task-runner dask: the scheduler (tcp://HOST:8786); default: a local cluster")
+    p.add_argument(
+        "--task-runner", choices=("thread", "dask"), default="thread", help="Prefect task runner (dask: pip install -e '.[dask]')"
+    )
+    p.add_argument(
+        "--dask-address", default=None, help="with --task-runner dask: the scheduler (tcp://HOST:8786); default: a local cluster"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,10 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nightly", action="store_true",
                      help="one night of the nightly cycle: crawl the new uploads, continue the model in use, promote it only if better")  # fmt: skip
 
-    experiment = sub.add_parser("experiment", help="the paper's grid: {VSE, VSE++} x {baseline, Stage I, Stage II +- curriculum} x seeds")
+    experiment = sub.add_parser(
+        "experiment", help="the paper's grid: {VSE, VSE++} x {baseline, Stage I, Stage II +- curriculum} x seeds"
+    )
     _add_common(experiment)
-    experiment.add_argument("--config", default=None, help="YAML pipeline configuration (default: the demo sizes on the offline world)")
-    experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. train.epochs=5")
+    experiment.add_argument(
+        "--config", default=None, help="YAML pipeline configuration (default: the demo sizes on the offline world)"
+    )
+    experiment.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. train.epochs=5"
+    )
     experiment.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1 2)")
     experiment.add_argument("--losses", nargs="+", choices=("vse", "vse++"), default=None)
     experiment.add_argument("--refresh", nargs="+", choices=STEPS, default=[], help="re-run these (and what depends on them)")
@@ -198,23 +211,39 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--access-log", action="store_true", help="print each request's method and path (never the query)")
 
     for step, sections in STEP_SECTIONS.items():
-        command = sub.add_parser(step, help=STEP_HELP[step], description=f"{STEP_HELP[step]}. The same as `webvse run --steps {step}`: cached, retried.")
+        command = sub.add_parser(
+            step,
+            help=STEP_HELP[step],
+            description=f"{STEP_HELP[step]}. The same as `webvse run --steps {step}`: cached, retried.",
+        )
         _add_data_root(command)
         if step in ("features", "index"):
             _add_hardware(command, precision=step == "features")  # an index embeds at the precision of the run's features
-        command.add_argument("--config", default=None, help="YAML file of the pipeline configuration; the flags below override it")
-        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field, e.g. crawl.per_page=100")
+        command.add_argument(
+            "--config", default=None, help="YAML file of the pipeline configuration; the flags below override it"
+        )
+        command.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE", help="override any field, e.g. crawl.per_page=100"
+        )
         command.add_argument("--refresh", action="store_true", help="run the step again past its cache")
         if step == "world":
-            command.add_argument("--next-night", action="store_true", help="move the existing corpus's clock on a day: the next night's uploads appear")
+            command.add_argument(
+                "--next-night",
+                action="store_true",
+                help="move the existing corpus's clock on a day: the next night's uploads appear",
+            )
         add_section_flags(command, sections)
 
-    flickr8k = sub.add_parser("import-flickr8k", help="Flickr8k captions -> a Karpathy split file (the file's split, else a fixed 80/10/10)")
+    flickr8k = sub.add_parser(
+        "import-flickr8k", help="Flickr8k captions -> a Karpathy split file (the file's split, else a fixed 80/10/10)"
+    )
     _add_data_root(flickr8k)
     flickr8k.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k-1k"),
                           help="folder with captions.csv (standard split) or captions.txt, and images/ (default: ../shared/data/flickr8k-1k)")  # fmt: skip
 
-    mirflickr = sub.add_parser("import-mirflickr", help="MIRFLICKR photos + real Flickr tags -> a corpus for the local Flickr server")
+    mirflickr = sub.add_parser(
+        "import-mirflickr", help="MIRFLICKR photos + real Flickr tags -> a corpus for the local Flickr server"
+    )
     _add_data_root(mirflickr)
     mirflickr.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mirflickr"),
                            help="folder with tags.csv and images/ (default: ../shared/data/mirflickr)")  # fmt: skip
@@ -254,14 +283,20 @@ def cmd_train(args: argparse.Namespace) -> None:
         source = DataSource(args.precomp, "precomp", args.captions_per_image, val_split=args.val_split or "dev")
     else:
         source = DataSource(
-            args.parquet_root, "parquet", args.captions_per_image, val_split=args.val_split or "val", feature_model=args.feature_model
+            args.parquet_root,
+            "parquet",
+            args.captions_per_image,
+            val_split=args.val_split or "val",
+            feature_model=args.feature_model,
         )
     settings = _settings(args)
     if settings.stage2 is not None and settings.stage1.lambda_tag == 0:
         print("the baseline (--lambda-tag 0) is Stage I only, as in the flow")
         settings = replace(settings, stage2=None)
     if settings.stage2 is not None and not has_web_data(source):
-        print(f"{source.path} has no web image-tag pairs: Stage I only (the crawl, features and vectors steps give a data root its web pairs)")
+        print(
+            f"{source.path} has no web image-tag pairs: Stage I only (the crawl, features and vectors steps give a data root its web pairs)"
+        )
         settings = replace(settings, stage2=None)
     results = train_run(root.run_dir(run_id), source, settings, resume=not args.no_resume)
     for name, result in results.items():
@@ -281,8 +316,12 @@ def run_tags(config: PipelineConfig, config_name: str) -> list[str]:
 
 
 def _run_flow(
-    config: PipelineConfig, steps: list[str] | None, refresh: list[str], runner: tuple[str, str | None] = ("thread", None),
-    config_name: str = "defaults", nightly: bool = False,
+    config: PipelineConfig,
+    steps: list[Step] | None,
+    refresh: list[Step],
+    runner: tuple[str, str | None] = ("thread", None),
+    config_name: str = "defaults",
+    nightly: bool = False,
 ) -> dict[str, Any]:
     from flows.pipeline import task_runner, webvse  # Prefect starts its ephemeral API on first use: only when a flow runs
 
@@ -319,7 +358,9 @@ def _print_outcome(config: PipelineConfig, outcome: dict[str, Any]) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The offline world -> local Flickr server -> the whole flow -> VSE++ baseline vs Stage I vs Stage II."""
-    config = demo_config(str(DataRoot.resolve(args.data_root).root)).model_copy(update={"device": args.device, "precision": args.precision})
+    config = demo_config(str(DataRoot.resolve(args.data_root).root)).model_copy(
+        update={"device": args.device, "precision": args.precision}
+    )
     if args.nightly:  # as the nightly deployment: a word space that stays put, so the model in use can be continued
         config = config.model_copy(update={"vectors": config.vectors.model_copy(update={"web_tags": False})})
     _print_outcome(config, _run_flow(config, None, args.refresh, config_name="demo", nightly=args.nightly))
@@ -341,7 +382,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     _print_outcome(config, _run_flow(config, args.steps, args.refresh, (args.task_runner, args.dask_address), name, args.nightly))
 
 
-def _config_from_args(args: argparse.Namespace, base: PipelineConfig | None = None, flags: dict[str, Any] | None = None) -> PipelineConfig:
+def _config_from_args(
+    args: argparse.Namespace, base: PipelineConfig | None = None, flags: dict[str, Any] | None = None
+) -> PipelineConfig:
     """The configuration file (or ``base``) with ``--set`` and then the command's own flags applied."""
     overrides = _overrides(args.set) | (flags or {})
     if args.data_root:
@@ -369,7 +412,9 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     with tags(*run_tags(config, Path(args.config).name if args.config else "demo")):
-        outcome = experiment.with_options(task_runner=task_runner(args.task_runner, args.dask_address))(config=config, refresh=args.refresh)
+        outcome = experiment.with_options(task_runner=task_runner(args.task_runner, args.dask_address))(
+            config=config, refresh=args.refresh
+        )
     print((Path(outcome["folder"]) / "results.md").read_text(encoding="utf-8"))
     print(f"\nexperiment folder: {outcome['folder']}  ({time.perf_counter() - started:.0f}s)")
 
@@ -462,10 +507,14 @@ def cmd_step(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
     if step == "world" and args.next_night:
         now = advance_clock(root.world_corpus_dir)
-        print(f"{root.world_corpus_dir}: it is now {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(now))}; the next crawl sees that day's uploads")
+        print(
+            f"{root.world_corpus_dir}: it is now {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(now))}; the next crawl sees that day's uploads"
+        )
         return
     config = _config_from_args(args, flags=flag_overrides(args))
-    outcome = _run_flow(config, [step], [step] if args.refresh else [], config_name=Path(args.config).name if args.config else "defaults")
+    outcome = _run_flow(
+        config, [step], [step] if args.refresh else [], config_name=Path(args.config).name if args.config else "defaults"
+    )
     done = outcome["steps"].get(step)  # absent: a step the configuration does not need
     for line in describe_step(step, done.value if done else None, config):
         print(line)
@@ -486,7 +535,9 @@ def cmd_import_flickr8k(args: argparse.Namespace) -> None:
     if summary.unofficial:
         print(f"left out: {summary.unofficial} images in no official split ('extra')")
     if summary.missing_images:
-        print(f"skipped: {summary.missing_images} listed images without a file in {source / 'images'} (first: {summary.first_missing})")
+        print(
+            f"skipped: {summary.missing_images} listed images without a file in {source / 'images'} (first: {summary.first_missing})"
+        )
     print(f"next: webvse keywords --karpathy {target} --image-root {source / 'images'}")
 
 
@@ -525,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail again
         return 141
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

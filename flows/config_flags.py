@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -21,6 +22,7 @@ from pydantic.fields import FieldInfo
 from storage.errors import InputError
 
 OVERRIDE_MARK = "config:"  # argparse dest of a generated flag: "config:crawl.per_keyword"
+
 
 def _plain_type(annotation: Any) -> Any:
     """``int | None`` -> ``int``: the type of a value given on the command line."""
@@ -31,12 +33,16 @@ def _plain_type(annotation: Any) -> Any:
     alias = getattr(annotation, "__value__", None)  # a `type X = Literal[...]` alias
     return _plain_type(alias) if alias is not None else annotation
 
+
 def _flag_help(info: FieldInfo) -> str:
     default = info.get_default(call_default_factory=True)
     shown = "empty" if default is None else default
     return f"{info.description or ''} (default: {shown})".strip()
 
-def add_section_flags(parser: argparse.ArgumentParser, sections: dict[str, type[BaseModel]], skip: tuple[str, ...] = ()) -> None:
+
+def add_section_flags(
+    parser: argparse.ArgumentParser, sections: Mapping[str, type[BaseModel]], skip: tuple[str, ...] = ()
+) -> None:
     """One flag per field of each named section (``{"crawl": CrawlSettings}``), in a group per
     section; ``skip`` names fields that mean nothing to this command."""
     taken = {flag for action in parser._actions for flag in action.option_strings}
@@ -50,7 +56,11 @@ def add_section_flags(parser: argparse.ArgumentParser, sections: dict[str, type[
                 raise InputError(f"flag {flag} of section {name} is taken already: name the field apart")
             taken.add(flag)
             kind = _plain_type(info.annotation)
-            options: dict[str, Any] = {"dest": f"{OVERRIDE_MARK}{name}.{field_name}", "default": argparse.SUPPRESS, "help": _flag_help(info)}
+            options: dict[str, Any] = {
+                "dest": f"{OVERRIDE_MARK}{name}.{field_name}",
+                "default": argparse.SUPPRESS,
+                "help": _flag_help(info),
+            }
             if kind is bool:
                 options["action"] = argparse.BooleanOptionalAction
             elif typing.get_origin(kind) is Literal:
@@ -62,7 +72,7 @@ def add_section_flags(parser: argparse.ArgumentParser, sections: dict[str, type[
                 continue  # lists and nested sections: --set or the YAML file
             group.add_argument(flag, **options)
 
+
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The dotted overrides of the generated flags the user gave (``{"crawl.per_keyword": 50}``)."""
     return {dest.removeprefix(OVERRIDE_MARK): value for dest, value in vars(args).items() if dest.startswith(OVERRIDE_MARK)}
-

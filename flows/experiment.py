@@ -38,8 +38,12 @@ def experiment(config: PipelineConfig = PipelineConfig(), refresh: list[Step] | 
             name = f"exp-{loss_slug(loss)}-s{seed}"
             base = stage1(data_root, source, settings["baseline"], f"{name}-baseline", fresh=plan.fresh("stage1"))
             webly = stage1(data_root, source, settings["webly"], f"{name}-webly", fresh=plan.fresh("stage1"))
-            plain = stage2(data_root, webly["run_dir"], source, settings["nocurriculum"], f"{name}-nocurriculum", fresh=plan.fresh("stage2"))
-            curriculum = stage2(data_root, webly["run_dir"], source, settings["webly"], f"{name}-curriculum", fresh=plan.fresh("stage2"))
+            plain = stage2(
+                data_root, webly["run_dir"], source, settings["nocurriculum"], f"{name}-nocurriculum", fresh=plan.fresh("stage2")
+            )
+            curriculum = stage2(
+                data_root, webly["run_dir"], source, settings["webly"], f"{name}-curriculum", fresh=plan.fresh("stage2")
+            )
             cells += [
                 GridRun(loss, seed, "baseline", base["run_dir"], "stage1"),
                 GridRun(loss, seed, "stage1", webly["run_dir"], "stage1"),
@@ -47,7 +51,9 @@ def experiment(config: PipelineConfig = PipelineConfig(), refresh: list[Step] | 
                 GridRun(loss, seed, "stage2-curriculum", curriculum["run_dir"], "stage2"),
             ]
             for variant in (v for v in settings if v.startswith(WEB_FRACTION_PREFIX)):
-                share = stage2(data_root, webly["run_dir"], source, settings[variant], f"{name}-{variant}", fresh=plan.fresh("stage2"))
+                share = stage2(
+                    data_root, webly["run_dir"], source, settings[variant], f"{name}-{variant}", fresh=plan.fresh("stage2")
+                )
                 cells.append(GridRun(loss, seed, variant, share["run_dir"], "stage2"))
     report = configured(experiment_report_step, "evaluate", root, plan, config.retries)
     karpathy = config.karpathy_path()

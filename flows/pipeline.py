@@ -73,10 +73,14 @@ def prepare_data(config: PipelineConfig, plan: StepPlan, nightly: bool = False) 
         done["keywords"] = keywords.outcome(data_root, config.karpathy_path(), config.dataset.image_root, config.keywords)
     if plan.runs("crawl"):
         night = crawl_night(config.corpus_path()) if nightly else None
-        done["crawl"] = configured(crawl_step, "crawl", root, plan, config.retries).outcome(data_root, config.crawl, config.corpus_path(), night)
+        done["crawl"] = configured(crawl_step, "crawl", root, plan, config.retries).outcome(
+            data_root, config.crawl, config.corpus_path(), night
+        )
     if plan.runs("features"):
         if config.features.parallel_shards > 1:
-            chunks = feature_chunks_step(data_root, config.features, config.features.parallel_shards, config.device, config.precision)
+            chunks = feature_chunks_step(
+                data_root, config.features, config.features.parallel_shards, config.device, config.precision
+            )
             shards = configured(features_shard_step, "features", root, plan, config.retries)
             shards.map(data_root, chunks, unmapped(config.features), unmapped(config.device), unmapped(config.precision)).result()
         features = configured(features_step, "features", root, plan, config.retries)
@@ -85,13 +89,23 @@ def prepare_data(config: PipelineConfig, plan: StepPlan, nightly: bool = False) 
         done["vectors"] = configured(vectors_step, "vectors", root, plan, config.retries).outcome(data_root, config.vectors)
     feature_model = features_id(config.features.encoder, config.device, config.precision)
     skip = config.features.on_bad_image == "skip"
-    source = DataSource(data_root, "parquet", config.dataset.captions_per_image, val_split="val", feature_model=feature_model, skip_unreadable=skip)
+    source = DataSource(
+        data_root,
+        "parquet",
+        config.dataset.captions_per_image,
+        val_split="val",
+        feature_model=feature_model,
+        skip_unreadable=skip,
+    )
     return PreparedData(source, done)
 
 
 @flow(name="webvse", task_runner=task_runner(), log_prints=True)
 def webvse(
-    config: PipelineConfig = PipelineConfig(), steps: list[Step] | None = None, refresh: list[Step] | None = None, nightly: bool = False
+    config: PipelineConfig = PipelineConfig(),
+    steps: list[Step] | None = None,
+    refresh: list[Step] | None = None,
+    nightly: bool = False,
 ) -> dict[str, Any]:
     """Webly supervised joint embeddings, end to end; returns the evaluation table, run folders and promotion."""
     plan = StepPlan.make(steps, refresh or [])
@@ -109,7 +123,13 @@ def webvse(
         # one after the other: torch's global RNG seeds each model's initial weights
         variants = ({"baseline": 0.0} if config.train.baseline else {}) | {"webly": None}
         stage1 = {
-            label: step("stage1", stage1_step)(data_root, source, run_settings(config.train, config.device, lam, config.precision), label, fresh=plan.fresh("stage1"))
+            label: step("stage1", stage1_step)(
+                data_root,
+                source,
+                run_settings(config.train, config.device, lam, config.precision),
+                label,
+                fresh=plan.fresh("stage1"),
+            )
             for label, lam in variants.items()
         }
         runs = {label: result["run_dir"] for label, result in stage1.items()}
@@ -120,10 +140,14 @@ def webvse(
                 f"night-{night}" if nightly else "webly", start_from=str(in_use) if in_use else None, fresh=plan.fresh("stage2"),
             )  # fmt: skip
             runs["webly"] = result["run_dir"]
-    table = step("evaluate", evaluate_step)(data_root, runs or None, config.evaluate, config.device) if plan.runs("evaluate") else []
+    table = (
+        step("evaluate", evaluate_step)(data_root, runs or None, config.evaluate, config.device) if plan.runs("evaluate") else []
+    )
     promotion = None
     if plan.runs("promote") and "webly" in runs:
-        promotion = step("promote", promote_step)(data_root, runs["webly"], config.promote, night, test_rsum_of(table, "webly"), config.device)
+        promotion = step("promote", promote_step)(
+            data_root, runs["webly"], config.promote, night, test_rsum_of(table, "webly"), config.device
+        )
     index = None
     if plan.runs("index"):
         served = config.index.run or model_in_use(root) or runs.get("webly")  # what `webvse serve` serves

@@ -112,10 +112,16 @@ def index_items_schema(dim: int) -> TableSchema:
     """``runs/<run>/index/<collection>/items.parquet``: what a search returns, with its joint-space vector."""
     return TableSchema(
         f"index/items[{dim}]",
-        pa.schema([
-            ("sha256", pa.string()), ("path", pa.string()), ("split", pa.string()), ("source", pa.string()),
-            ("labels", pa.list_(pa.string())), ("embedding", pa.list_(pa.float32(), dim)),
-        ]),  # fmt: skip
+        pa.schema(
+            [
+                ("sha256", pa.string()),
+                ("path", pa.string()),
+                ("split", pa.string()),
+                ("source", pa.string()),
+                ("labels", pa.list_(pa.string())),
+                ("embedding", pa.list_(pa.float32(), dim)),
+            ]
+        ),  # fmt: skip
     )
 
 
@@ -123,10 +129,15 @@ def index_captions_schema(dim: int) -> TableSchema:
     """``runs/<run>/index/<collection>/captions.parquet``: the caption bank an image is described from."""
     return TableSchema(
         f"index/captions[{dim}]",
-        pa.schema([
-            ("caption_id", pa.string()), ("image_sha256", pa.string()), ("split", pa.string()), ("text", pa.string()),
-            ("embedding", pa.list_(pa.float32(), dim)),
-        ]),  # fmt: skip
+        pa.schema(
+            [
+                ("caption_id", pa.string()),
+                ("image_sha256", pa.string()),
+                ("split", pa.string()),
+                ("text", pa.string()),
+                ("embedding", pa.list_(pa.float32(), dim)),
+            ]
+        ),  # fmt: skip
     )
 
 

@@ -34,7 +34,14 @@ def ingest_karpathy(root: DataRoot, json_path: str | Path, image_root: str | Pat
     )
     captions = pd.DataFrame(
         [
-            {"caption_id": f"{r.image_id}#{n}", "image_id": r.image_id, "split": r.split, "text": text, "tokens": list(tokens), "dummy_tags": []}
+            {
+                "caption_id": f"{r.image_id}#{n}",
+                "image_id": r.image_id,
+                "split": r.split,
+                "text": text,
+                "tokens": list(tokens),
+                "dummy_tags": [],
+            }
             for r in dataset.images
             for n, (text, tokens) in enumerate(zip(r.captions, r.tokens))
         ]

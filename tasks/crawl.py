@@ -131,7 +131,9 @@ class Crawler:
         row.update(path=got.path, sha256=got.sha256, width=got.width, height=got.height)
         return None
 
-    def _decide_page(self, photos: list[dict[str, Any]], keyword: str, rank: int, target: int) -> tuple[list[dict[str, Any]], list[str]]:
+    def _decide_page(
+        self, photos: list[dict[str, Any]], keyword: str, rank: int, target: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
         """Decide a page's photos and download the kept ones; returns the rows and the download problems.
 
         Only a photo actually stored takes a place in the keyword's quota, an owner's 5 slots
@@ -197,7 +199,9 @@ class Crawler:
                 state.record(row)
             last = page >= result["pages"] or not result["photo"]
             # a sub-window still over the cap is split after its first page, not paged through
-            capped = capped or (not last and splittable and (depth > 0 or page * cfg.per_page >= RESULT_CAP) and total > RESULT_CAP)
+            capped = capped or (
+                not last and splittable and (depth > 0 or page * cfg.per_page >= RESULT_CAP) and total > RESULT_CAP
+            )
             finished = last or capped or state.kept_for[keyword] >= target
             state.commit(key, page, finished, capped, self.client.calls)
             stored = sum(r["status"] == "kept" for r in new_rows)
@@ -208,7 +212,9 @@ class Crawler:
             page += 1
         if capped and state.kept_for[keyword] < target and splittable:
             mid = (lo + hi) // 2
-            return self._window(keyword, rank, mid + 1, hi, target, depth + 1) or self._window(keyword, rank, lo, mid, target, depth + 1)
+            return self._window(keyword, rank, mid + 1, hi, target, depth + 1) or self._window(
+                keyword, rank, lo, mid, target, depth + 1
+            )
         if capped and not splittable and total > RESULT_CAP and state.kept_for[keyword] < target:
             self.unreachable[keyword] += total - RESULT_CAP
             self.log(f"crawl: '{keyword}': {total - RESULT_CAP} results uploaded in the same second ({lo}) lie beyond Flickr's "
@@ -232,7 +238,9 @@ class Crawler:
             start = cfg.earliest_upload if since is None else since + 1
             if start <= until:
                 self._window(keyword, int(rank), start, until, target)
-            state.commit((keyword, KEYWORD_DONE, until), 0, True, False, self.client.calls)  # the keyword is finished for the night
+            state.commit(
+                (keyword, KEYWORD_DONE, until), 0, True, False, self.client.calls
+            )  # the keyword is finished for the night
         night = state.finish_night(self.client.calls - calls_before)
         removed = remove_orphans(self.root, state)
         statuses = Counter(row["status"] for row in state.rows.values())
@@ -331,7 +339,9 @@ def crawl_local(root: DataRoot, corpus: str, log: Callable[[str], None] = print,
     with FlickrServer(corpus) as server:
         now = server.corpus.now
         clock = time.time if now is None else (lambda: float(now))
-        return run_crawl(root, CrawlConfig(api_url=server.rest_url, **settings), Credentials(OFFLINE_KEY, "unused"), log, clock=clock)
+        return run_crawl(
+            root, CrawlConfig(api_url=server.rest_url, **settings), Credentials(OFFLINE_KEY, "unused"), log, clock=clock
+        )
 
 
 def crawl_night(corpus: str | None) -> str:
@@ -344,7 +354,8 @@ def crawl_night(corpus: str | None) -> str:
 def _secret(block: str) -> str | None:
     """A Prefect Secret block's value, or None when no such block exists."""
     try:
-        return str(Secret.load(block).get())
+        secret: Secret = Secret.load(block)  # type: ignore[assignment]  # sync in a sync context (Prefect's dual API)
+        return str(secret.get())
     except ValueError:  # "Unable to find block document named ..."
         return None
 

@@ -15,6 +15,7 @@ from tasks.downloads import DownloadPolicy
 from tasks.flickr_client import FLICKR_REST_URL, RetryPolicy
 
 CrawlMode = Literal["incremental", "fresh"]
+EnglishRule = Literal["wordfreq", "captions"]
 CC_LICENSES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 9)  # the Creative Commons licences, CC0 included
 FLICKR_LAUNCH = 1072915200  # 2004-01-01
 
@@ -31,7 +32,7 @@ class CrawlConfig:
     sort: str = "relevance"
     licenses: tuple[int, ...] = CC_LICENSES
     min_english_tags: int = 2
-    english: str = "wordfreq"  # what makes a tag English: wordfreq's common words, or "captions" (the clean vocabulary)
+    english: EnglishRule = "wordfreq"  # what makes a tag English: wordfreq's common words, or "captions" (the clean vocabulary)
     max_per_owner: int = 5
     first_tags: int = 5
     size: str = "url_m"
@@ -45,7 +46,9 @@ class CrawlConfig:
         if not 1 <= self.per_page <= 500:
             raise InputError(f"crawl.per_page must be in 1..500, got {self.per_page}")
         if min(self.per_keyword, self.new_per_keyword, self.max_per_owner) < 1 or self.min_english_tags < 0:
-            raise InputError("crawl.per_keyword, crawl.new_per_keyword and crawl.max_per_owner must be >= 1, crawl.min_english_tags >= 0")
+            raise InputError(
+                "crawl.per_keyword, crawl.new_per_keyword and crawl.max_per_owner must be >= 1, crawl.min_english_tags >= 0"
+            )
         if self.mode not in ("incremental", "fresh"):
             raise InputError(f"crawl.mode must be 'incremental' or 'fresh', got {self.mode!r}")
         if self.search_field not in ("text", "tags"):

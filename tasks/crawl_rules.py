@@ -14,10 +14,14 @@ from typing import Protocol
 class FilterSettings(Protocol):
     """The filter settings of a crawl (``tasks.crawl.CrawlConfig`` has them)."""
 
-    licenses: tuple[int, ...]
-    min_english_tags: int
-    max_per_owner: int
-    first_tags: int
+    @property
+    def licenses(self) -> tuple[int, ...]: ...
+    @property
+    def min_english_tags(self) -> int: ...
+    @property
+    def max_per_owner(self) -> int: ...
+    @property
+    def first_tags(self) -> int: ...
 
 
 def first_tags_key(tags: Sequence[str], count: int) -> tuple[str, ...]:

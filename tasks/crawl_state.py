@@ -96,7 +96,9 @@ class CrawlState:
 
     def keyword_since(self, keyword: str) -> int | None:
         """The upload time up to which ``keyword`` was searched by a finished night (None: never)."""
-        ends = [end for (word, start, end), row in self.progress.items() if word == keyword and start == KEYWORD_DONE and row["done"]]
+        ends = [
+            end for (word, start, end), row in self.progress.items() if word == keyword and start == KEYWORD_DONE and row["done"]
+        ]
         return max(ends, default=None)
 
     def kept_before_night(self, keyword: str) -> int:

@@ -178,10 +178,12 @@ def report_runs(
     queries = _example_queries(settings.examples, len(final.captions))
     scores = (final.captions[queries] @ final.images.T).numpy() if queries else np.zeros((0, len(final.images)))
     texts = read_split(source, split).captions
-    files = [str(DataRoot.resolve(source.path).root / n) for n in image_names(source, split)] if source.kind == "parquet" else []
+    image_files = (
+        [str(DataRoot.resolve(source.path).root / n) for n in image_names(source, split)] if source.kind == "parquet" else []
+    )
     examples = retrieval_examples(
         [texts[q] for q in queries], final.data.caption_image[queries], scores, [Path(n).name for n in names], range(len(queries)),
-        image_files=files if len(files) == len(final.images) else (),
+        image_files=image_files if len(image_files) == len(final.images) else (),
     )  # fmt: skip
     markdown = (
         f"# webvse results ({split} split, protocol {settings.protocol})\n\n```\n{format_table(table, 'variant')}\n```\n\n"
@@ -201,7 +203,9 @@ def model_in_use(root: DataRoot) -> Path | None:
     recorded = json.loads(root.in_use_file.read_text(encoding="utf-8"))
     run = Path(os.path.normpath(root.runs_dir / recorded["run"]))
     if not (run / "config.json").is_file():
-        raise MissingInputError(f"{root.in_use_file} names {run}, which is not a run folder any more: 'webvse rollback --to RUN' sets another")
+        raise MissingInputError(
+            f"{root.in_use_file} names {run}, which is not a run folder any more: 'webvse rollback --to RUN' sets another"
+        )
     return run
 
 
@@ -225,7 +229,10 @@ def latest_runs(root: DataRoot) -> dict[str, str]:
 
 def record_latest_runs(root: DataRoot, runs: dict[str, str]) -> None:
     """``runs/latest.json``, relative to ``runs/`` where the runs are this root's (a copied root stays whole)."""
-    relative = {label: os.path.relpath(run, root.runs_dir) if Path(run).absolute().is_relative_to(root.runs_dir) else run for label, run in runs.items()}
+    relative = {
+        label: os.path.relpath(run, root.runs_dir) if Path(run).absolute().is_relative_to(root.runs_dir) else run
+        for label, run in runs.items()
+    }
     atomic_write_text(root.latest_runs_file, json.dumps(relative, indent=2))
 
 
@@ -264,6 +271,8 @@ def evaluate_step(root: str, runs: dict[str, str] | None, settings: EvaluateConf
             description=f"R@K (%), median and mean rank per model ({settings.protocol}); data root {data_root.root}",
         )  # fmt: skip
         create_markdown_artifact(
-            report.markdown, key=f"webvse-retrieval-examples-{where}", description=f"results and retrieval examples; data root {data_root.root}"
+            report.markdown,
+            key=f"webvse-retrieval-examples-{where}",
+            description=f"results and retrieval examples; data root {data_root.root}",
         )
     return records

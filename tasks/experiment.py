@@ -84,9 +84,14 @@ def grid_settings(
     """The trainings of one (loss, seed): ``baseline`` and ``webly`` Stage I, Stage II with and without
     curriculum, and Stage II (curriculum) on each of ``web_fractions`` of the web photos (``stage2-web25``...)."""
     if train.stage2_epochs == 0:
-        raise InputError("the experiment compares Stage II with and without the curriculum: train.stage2_epochs must be at least 1")
+        raise InputError(
+            "the experiment compares Stage II with and without the curriculum: train.stage2_epochs must be at least 1"
+        )
     cell = train.model_copy(update={"loss": loss, "seed": seed})
-    shares = {web_fraction_variant(f): run_settings(cell.model_copy(update={"web_fraction": f}), device, precision=precision) for f in web_fractions}
+    shares = {
+        web_fraction_variant(f): run_settings(cell.model_copy(update={"web_fraction": f}), device, precision=precision)
+        for f in web_fractions
+    }
     return shares | {
         "baseline": run_settings(cell, device, lambda_tag=0.0, precision=precision),
         "webly": run_settings(cell, device, precision=precision),
@@ -157,7 +162,9 @@ def measure(runs: list[GridRun], settings: EvaluateConfig, groups: np.ndarray | 
     rows = []
     for cell in runs:
         embedded = next(e for e in embedded_stages(cell.run_dir, settings.split, device) if e.stage == cell.stage)
-        metrics = run_protocol(settings.protocol, embedded.images, embedded.captions, embedded.captions_per_image).metrics.to_dict()
+        metrics = run_protocol(
+            settings.protocol, embedded.images, embedded.captions, embedded.captions_per_image
+        ).metrics.to_dict()
         row = {**asdict(cell), **metrics}
         if groups is not None:
             i2t, t2i = retrieval_ranks(embedded.images, embedded.captions, embedded.captions_per_image)
@@ -172,7 +179,9 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     grouped = table.groupby(["loss", "variant"], sort=False)[metrics]
     summary = grouped.mean().join(grouped.std(ddof=1).fillna(0.0).add_suffix("_std")).reset_index()
     summary["seeds"] = grouped.size().to_numpy()
-    summary = summary.sort_values(["loss", "variant"], key=lambda s: s.map(_variant_order) if s.name == "variant" else s).reset_index(drop=True)
+    summary = summary.sort_values(
+        ["loss", "variant"], key=lambda s: s.map(_variant_order) if s.name == "variant" else s
+    ).reset_index(drop=True)
     summary["label"] = [f"{loss.upper()} {variant_label(v)}" for loss, v in zip(summary["loss"], summary["variant"])]
     return summary
 
@@ -327,7 +336,15 @@ def report_experiment(root: DataRoot, runs: list[GridRun], settings: EvaluateCon
             "## By concept frequency (test images whose rarest concept is frequent / rare in training)",
             frequency_table(summary) if groups is not None else "(no concepts for a precomputed-feature source)",
             "## Beyond the seed spread?",
-            "\n".join([*(f"- {VARIANT_NAMES[v]}: " + "; ".join(f"{loss.upper()} {text}" for loss, text in per.items()) for v, per in verdicts.items()), *stage2_effect]),
+            "\n".join(
+                [
+                    *(
+                        f"- {VARIANT_NAMES[v]}: " + "; ".join(f"{loss.upper()} {text}" for loss, text in per.items())
+                        for v, per in verdicts.items()
+                    ),
+                    *stage2_effect,
+                ]
+            ),
             *fractions,
             f"Plot: `{folder / 'r1.png'}`; cells: `{folder / 'cells.parquet'}`",
         ]
@@ -349,15 +366,21 @@ def _experiment_reads(inputs: dict[str, Any]) -> list[Path]:
     reads=_experiment_reads,
     writes=lambda i: [root_of(i).runs_dir / EXPERIMENT_DIR / "results.md"],
 )
-def experiment_report_step(root: str, runs: list[dict[str, Any]], settings: EvaluateConfig, karpathy: str | None, device: str = "auto") -> list[dict[str, Any]]:
+def experiment_report_step(
+    root: str, runs: list[dict[str, Any]], settings: EvaluateConfig, karpathy: str | None, device: str = "auto"
+) -> list[dict[str, Any]]:
     """Evaluate every grid cell, write the tables and plot, publish them as artifacts."""
     report = report_experiment(DataRoot.resolve(root), [GridRun(**r) for r in runs], settings, karpathy, device, step_logger())
-    records = report.summary.drop(columns=[c for c in report.summary.columns if c.endswith("_std") and "r5" in c]).to_dict("records")
+    records = report.summary.drop(columns=[c for c in report.summary.columns if c.endswith("_std") and "r5" in c]).to_dict(
+        "records"
+    )
     if TaskRunContext.get() is not None:
         where = artifact_suffix(DataRoot.resolve(root))
         create_table_artifact(
             [{"model": r["label"], **{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k != "label"}} for r in records],
             key=f"webvse-experiment-{where}", description=f"mean ± std over seeds per (loss, variant); data root {root}",
         )  # fmt: skip
-        create_markdown_artifact(report.markdown, key=f"webvse-experiment-report-{where}", description="the experiment in the paper's layout")
+        create_markdown_artifact(
+            report.markdown, key=f"webvse-experiment-report-{where}", description="the experiment in the paper's layout"
+        )
     return records

@@ -168,7 +168,9 @@ def keywords_step(root: str, karpathy: str, image_root: str | None, settings: Ke
     """Clean tables from the split file, then keywords and dummy tags; returns the counts."""
     data_root = DataRoot.resolve(root)
     if not Path(karpathy).is_file():
-        raise MissingInputError(f"{karpathy} does not exist: generate the offline world (webvse world) or set dataset.karpathy (--karpathy FILE)")
+        raise MissingInputError(
+            f"{karpathy} does not exist: generate the offline world (webvse world) or set dataset.karpathy (--karpathy FILE)"
+        )
     log = step_logger()
     images = ingest_karpathy(data_root, karpathy, image_root)
     log(f"keywords: clean data {images} from {karpathy}")

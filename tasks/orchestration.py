@@ -27,6 +27,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.states import State
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import NotSet
 
 from storage.atomic import atomic_write_text
 from storage.errors import InputError, WebvseError, is_transient
@@ -241,7 +242,9 @@ class StepCall:
         state = self.task.with_options(refresh_cache=self.refresh or gone)(*args, return_state=True, **kwargs)
         result: StepResult = state.result()
         if state.name == "Cached" and paths and self._overwritten(result, paths, root_of(inputs.arguments)):
-            step_logger()(f"{self.task.name}: another run of the step has replaced the outputs of this cached one; running it again")
+            step_logger()(
+                f"{self.task.name}: another run of the step has replaced the outputs of this cached one; running it again"
+            )
             return StepOutcome(self.task.with_options(refresh_cache=True)(*args, **kwargs).value, cached=False)
         return StepOutcome(result.value, cached=state.name == "Cached")
 
@@ -262,14 +265,21 @@ class StepCall:
 
 def configured(task: Task[Any, Any], step: Step, root: DataRoot, plan: StepPlan, retries: RetryConfig) -> StepCall:
     """``task`` with the cache under the data root, ``refresh`` from the plan and its retries."""
-    if step == "crawl":
-        count, delay = retries.crawl, exponential_backoff(backoff_factor=retries.crawl_delay_seconds)(max(retries.crawl, 1))
-        jitter = 0.5
+    delay: float | list[float]
+    jitter: float | type[NotSet] = NotSet
+    if step == "crawl":  # a service that may be down for a while: exponential backoff with jitter
+        count, delay, jitter = (
+            retries.crawl,
+            exponential_backoff(backoff_factor=retries.crawl_delay_seconds)(max(retries.crawl, 1)),
+            0.5,
+        )
     else:
-        count, delay, jitter = retries.other, retries.other_delay_seconds, None
-    assert task.cache_policy is not None and not isinstance(task.cache_policy, type)
+        count, delay = retries.other, retries.other_delay_seconds
+    policy = task.cache_policy
+    if policy is None or isinstance(policy, type):
+        raise TypeError(f"task {task.name} has no cache policy instance: declare it with pipeline_task")
     options = task.with_options(
-        cache_policy=task.cache_policy.configure(key_storage=str(root.cache_dir / "prefect")),
+        cache_policy=policy.configure(key_storage=str(root.cache_dir / "prefect")),
         retries=count,
         retry_delay_seconds=delay,
         retry_jitter_factor=jitter,

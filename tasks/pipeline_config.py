@@ -16,20 +16,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
-from tasks.crawl_config import CrawlConfig, CrawlMode
+from tasks.crawl_config import CrawlConfig, CrawlMode, EnglishRule
 from tasks.flickr_client import RetryPolicy
 from tasks.serving.collection import COLLECTIONS
 from tasks.serving.index_settings import Approximate, IndexSettings
 from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
 from webvse_model.data import CurriculumSchedule
 from webvse_model.encoders import ModelConfig
+from webvse_model.losses import LOSS_VARIANTS, LossVariant
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.precision import Precision
 from webvse_model.train import STAGE2_EPOCHS, STAGE2_LR_FACTOR, ConfigError, StageConfig
 from webvse_world.clean import DATASET_FILE
 
 Step = Literal["world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote", "index"]
-STEPS: tuple[Step, ...] = ("world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote", "index")
+STEPS: tuple[Step, ...] = (
+    "world",
+    "keywords",
+    "crawl",
+    "features",
+    "vectors",
+    "stage1",
+    "stage2",
+    "evaluate",
+    "promote",
+    "index",
+)
 
 
 class Section(BaseModel):
@@ -45,7 +57,9 @@ class WorldConfig(Section):
     test: int = Field(1000, ge=5, description="captioned images in the test split")
     photos_per_object: int = Field(120, ge=1, description="Flickr corpus photos per object class")
     owners: int = Field(400, ge=1, description="distinct uploaders; the 5-per-owner rule caps the kept web data by this")
-    nights: int = Field(3, ge=0, description="days of future uploads beyond the corpus clock ('webvse world --next-night' reveals one)")
+    nights: int = Field(
+        3, ge=0, description="days of future uploads beyond the corpus clock ('webvse world --next-night' reveals one)"
+    )
     uploads_per_night: int = Field(100, ge=1)
 
 
@@ -75,15 +89,20 @@ class CrawlSettings(Section):
         "fresh: crawl again from nothing into a new folder that replaces web/ once it succeeds",
     )
     per_keyword: int = Field(CrawlConfig.per_keyword, ge=1, description="photos kept per keyword by the first crawl")
-    new_per_keyword: int = Field(CrawlConfig.new_per_keyword, ge=1, description="at most this many new photos per keyword per later (incremental) crawl")
+    new_per_keyword: int = Field(
+        CrawlConfig.new_per_keyword, ge=1, description="at most this many new photos per keyword per later (incremental) crawl"
+    )
     per_page: int = Field(CrawlConfig.per_page, ge=1, le=500, description="results per search call (Flickr allows 500)")
     max_keywords: int | None = Field(None, ge=1, description="crawl only the first N keywords; empty = all")
     calls_per_hour: int = Field(CrawlConfig.calls_per_hour, ge=1, description="API calls per key per hour (Flickr allows 3,600)")
     download_workers: int = Field(CrawlConfig.download_workers, ge=1, description="parallel image downloads")
-    english: Literal["wordfreq", "captions"] = Field(  # type: ignore[assignment]
-        CrawlConfig.english, description="what makes a tag English: a common English word (wordfreq) or a word of the clean captions"
+    english: EnglishRule = Field(
+        CrawlConfig.english,
+        description="what makes a tag English: a common English word (wordfreq) or a word of the clean captions",
     )
-    request_attempts: int = Field(RetryPolicy.attempts, ge=1, description="attempts per API call / download before the task fails")
+    request_attempts: int = Field(
+        RetryPolicy.attempts, ge=1, description="attempts per API call / download before the task fails"
+    )
     key_block: str = Field("flickr-api-key", description="Prefect Secret block with the API key (else $FLICKR_API_KEY)")
     secret_block: str = Field("flickr-api-secret", description="Prefect Secret block with the API secret")
     rate_limit: str | None = Field(None, description="Prefect global concurrency limit to take one slot from per API call")
@@ -93,10 +112,13 @@ class FeaturesConfig(Section):
     encoder: str = Field(DEFAULT_ENCODER, description=f"pretrained CNN, one of {', '.join(sorted(ENCODERS))}")
     weights_path: str | None = Field(None, description="local weights file (resnet152/vgg19 without internet)")
     batch_size: int = Field(64, ge=1, description="images per CNN forward")
-    workers: int | None = Field(None, ge=0, description="image decode processes; empty = none on the CPU (the forward uses every core), more on CUDA")
+    workers: int | None = Field(
+        None, ge=0, description="image decode processes; empty = none on the CPU (the forward uses every core), more on CUDA"
+    )
     parallel_shards: int = Field(1, ge=1, description="split the images over this many tasks (e.g. one per Dask worker)")
     on_bad_image: Literal["skip", "fail"] = Field(
-        "skip", description="an image that cannot be decoded: skip it (recorded in failures.parquet, training uses the rest) or fail"
+        "skip",
+        description="an image that cannot be decoded: skip it (recorded in failures.parquet, training uses the rest) or fail",
     )
 
     @field_validator("encoder")
@@ -112,7 +134,9 @@ class VectorsConfig(Section):
     dim: int = Field(300, ge=2, description="word vector size when training Word2Vec")
     seed: int = Field(0, description="Word2Vec seed")
     web_tags: bool = Field(True, description="also train on the crawled photos' English tags")
-    extra_captions: str | None = Field(None, description="an image,caption file of caption-only images (e.g. Flickr8k all_captions.txt)")
+    extra_captions: str | None = Field(
+        None, description="an image,caption file of caption-only images (e.g. Flickr8k all_captions.txt)"
+    )
 
 
 class TrainConfig(Section):
@@ -120,9 +144,11 @@ class TrainConfig(Section):
     :mod:`webvse_model` (``StageConfig``, ``CurriculumSchedule``, ``ModelConfig``) and read from
     there, so this section, the command-line flags and a run's ``config.json`` cannot disagree."""
 
-    loss: Literal["vse", "vse++"] = Field(StageConfig.loss, description="sum of the negatives (vse) or the hardest one (vse++)")  # type: ignore[assignment]
+    loss: LossVariant = Field(StageConfig.loss, description="sum of the negatives (vse) or the hardest one (vse++)")
     margin: float = Field(StageConfig.margin, ge=0, description="hinge margin of the ranking losses")
-    lambda_tag: float = Field(StageConfig.lambda_tag, ge=0, description="weight of the image-tag loss L_IT in Stage I (0: the VSE baseline)")
+    lambda_tag: float = Field(
+        StageConfig.lambda_tag, ge=0, description="weight of the image-tag loss L_IT in Stage I (0: the VSE baseline)"
+    )
     baseline: bool = Field(True, description="also train the lambda_tag = 0 baseline for comparison (the flow)")
     epochs: int = Field(StageConfig.epochs, ge=1, description="Stage I epochs")
     warmup_epochs: int = Field(StageConfig.warmup_epochs, ge=0, description="with vse++: first epochs on the sum of negatives")
@@ -134,9 +160,15 @@ class TrainConfig(Section):
     stage2_epochs: int = Field(STAGE2_EPOCHS, ge=0, description="Stage II epochs on the web image-tag pairs (0: no Stage II)")
     stage2_lr_factor: float = Field(STAGE2_LR_FACTOR, gt=0, le=1, description="Stage II learning rate = Stage I's x this")
     curriculum: bool = Field(CurriculumSchedule.enabled, description="Stage II draws frequent keywords' photos first")
-    curriculum_start: float = Field(CurriculumSchedule.start_fraction, gt=0, le=1, description="share of the keywords in the first Stage II epoch")
-    curriculum_full_at_epoch: int = Field(CurriculumSchedule.full_at_epoch, ge=0, description="Stage II epoch from which every keyword is drawn")
-    web_fraction: float = Field(1.0, gt=0, le=1, description="share of the kept web photos Stage II trains on (nested subsets by image hash)")
+    curriculum_start: float = Field(
+        CurriculumSchedule.start_fraction, gt=0, le=1, description="share of the keywords in the first Stage II epoch"
+    )
+    curriculum_full_at_epoch: int = Field(
+        CurriculumSchedule.full_at_epoch, ge=0, description="Stage II epoch from which every keyword is drawn"
+    )
+    web_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of the kept web photos Stage II trains on (nested subsets by image hash)"
+    )
     embed_dim: int = Field(ModelConfig.embed_dim, ge=2, description="D, the joint space")
     hidden_dim: int = Field(ModelConfig.hidden_dim, ge=2, description="hidden layer of the image and tag branches")
     word_dim: int = Field(ModelConfig.word_dim, ge=2, description="word embedding of the sentence branch")
@@ -163,10 +195,18 @@ class IndexConfig(Section):
     collection: Literal[COLLECTIONS] = Field(  # type: ignore[valid-type]
         IndexSettings.collection, description="test split, all clean images, the crawled web photos, or a folder of your photos"
     )
-    folder: str | None = Field(IndexSettings.folder, description="with collection folder: the photos to index (their features are computed)")
-    approximate: Approximate = Field(IndexSettings.approximate, description="auto: faiss IVF from approximate_from items on; exact or approximate force it")
-    approximate_from: int = Field(IndexSettings.approximate_from, ge=1, description="collection size from which auto searches approximately")
-    nprobe: int = Field(IndexSettings.nprobe, ge=1, description="IVF clusters scanned per query (recall@10 against exact is measured at build)")
+    folder: str | None = Field(
+        IndexSettings.folder, description="with collection folder: the photos to index (their features are computed)"
+    )
+    approximate: Approximate = Field(
+        IndexSettings.approximate, description="auto: faiss IVF from approximate_from items on; exact or approximate force it"
+    )
+    approximate_from: int = Field(
+        IndexSettings.approximate_from, ge=1, description="collection size from which auto searches approximately"
+    )
+    nprobe: int = Field(
+        IndexSettings.nprobe, ge=1, description="IVF clusters scanned per query (recall@10 against exact is measured at build)"
+    )
 
     def settings(self) -> IndexSettings:
         return IndexSettings(self.collection, self.folder, self.approximate, self.approximate_from, self.nprobe)
@@ -175,7 +215,7 @@ class IndexConfig(Section):
 class ExperimentConfig(Section):
     """The grid of ``webvse experiment``: losses x {baseline, Stage I, Stage II +- curriculum} x seeds."""
 
-    losses: list[Literal["vse", "vse++"]] = Field(default_factory=lambda: ["vse", "vse++"], min_length=1)
+    losses: list[LossVariant] = Field(default_factory=lambda: list(LOSS_VARIANTS), min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     web_fractions: list[float] = Field(
         default_factory=list, description="extra Stage II (curriculum) cells on these shares of the web photos, e.g. [0.25, 0.5]"
@@ -209,7 +249,8 @@ class PipelineConfig(Section):
     data_root: str = Field("webvse-data", description="folder holding every table, file, cache and run")
     device: str = Field("auto", description="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     precision: Precision = Field(
-        "auto", description="CNN forward and training steps: bf16 autocast where the hardware has it natively (auto), or force fp32 / bf16"
+        "auto",
+        description="CNN forward and training steps: bf16 autocast where the hardware has it natively (auto), or force fp32 / bf16",
     )
     world: WorldConfig = WorldConfig()
     dataset: DatasetConfig = DatasetConfig()

@@ -54,7 +54,9 @@ def decide(candidate: float, in_use: float | None, margin: float) -> Decision:
         return Decision(True, "no model in use yet")
     if candidate > in_use + margin:
         return Decision(True, f"validation rsum {candidate:.2f} beats the model in use ({in_use:.2f}) by more than {margin:g}")
-    return Decision(False, f"validation rsum {candidate:.2f} does not beat the model in use ({in_use:.2f}) by more than {margin:g}")
+    return Decision(
+        False, f"validation rsum {candidate:.2f} does not beat the model in use ({in_use:.2f}) by more than {margin:g}"
+    )
 
 
 def validation_rsum(run: str | Path, device: str = "auto") -> float:

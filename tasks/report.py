@@ -88,7 +88,14 @@ def plot_r1_bars(table: pd.DataFrame, path: Path, label_column: str = "variant")
     x = np.arange(len(table))
     for offset, direction in ((-0.2, "i2t"), (0.2, "t2i")):
         errors = table[f"{direction}_r1_std"] if f"{direction}_r1_std" in table else None
-        ax.bar(x + offset, table[f"{direction}_r1"], 0.4, yerr=errors, capsize=3, label="image → text" if direction == "i2t" else "text → image")
+        ax.bar(
+            x + offset,
+            table[f"{direction}_r1"],
+            0.4,
+            yerr=errors,
+            capsize=3,
+            label="image → text" if direction == "i2t" else "text → image",
+        )
     ax.set_xticks(x, table[label_column], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("R@1 (%)")
     ax.legend()
@@ -117,7 +124,9 @@ def plot_nights(history: pd.DataFrame, path: Path) -> Path:
     rsum_ax.plot(x, history["in_use_val_rsum"], marker="s", linestyle="--", label="model in use before, validation")
     rsum_ax.plot(x, history["test_rsum"], color="tab:green", linestyle=":", label="new model, test")
     rsum_ax.scatter(x[promoted], history["test_rsum"][promoted], color="tab:green", zorder=3, label="promoted")
-    rsum_ax.scatter(x[~promoted], history["test_rsum"][~promoted], facecolors="none", edgecolors="tab:red", zorder=3, label="kept the old one")
+    rsum_ax.scatter(
+        x[~promoted], history["test_rsum"][~promoted], facecolors="none", edgecolors="tab:red", zorder=3, label="kept the old one"
+    )
     rsum_ax.set_ylabel("rsum")
     rsum_ax.grid(True, alpha=0.3)
     rsum_ax.legend(fontsize=8)
@@ -181,4 +190,3 @@ def artifact_table(table: pd.DataFrame, label_column: str = "variant") -> list[d
                 out[name] = round(float(row[column]), 1)
         rows.append(out)
     return rows
-

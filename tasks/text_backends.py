@@ -62,7 +62,12 @@ def lemma_of_tag(word: str) -> str:
     return noun if noun != word else _lemminflect(word, "VERB")
 
 
-_LEMMA_POS = {"NOUN": "NOUN", "PROPN": "NOUN", "VERB": "VERB", "ADJ": "ADJ"}  # proper nouns in captions are mostly mis-tagged nouns
+_LEMMA_POS = {
+    "NOUN": "NOUN",
+    "PROPN": "NOUN",
+    "VERB": "VERB",
+    "ADJ": "ADJ",
+}  # proper nouns in captions are mostly mis-tagged nouns
 
 
 class SpacyBackend:
@@ -83,7 +88,9 @@ class SpacyBackend:
     def analyse(self, texts: Iterable[str]) -> Iterator[list[Token]]:
         for doc in self.nlp.pipe(texts, batch_size=self.batch_size, n_process=self.n_process):
             yield [
-                Token(t.text, _lemminflect(t.text.lower(), _LEMMA_POS[t.pos_]) if t.pos_ in _LEMMA_POS else t.lemma_.lower(), t.pos_)
+                Token(
+                    t.text, _lemminflect(t.text.lower(), _LEMMA_POS[t.pos_]) if t.pos_ in _LEMMA_POS else t.lemma_.lower(), t.pos_
+                )
                 for t in doc
             ]
 
@@ -97,7 +104,10 @@ class NltkBackend:
     def __init__(self) -> None:
         import nltk
 
-        for resource, package in (("taggers/averaged_perceptron_tagger_eng", "averaged_perceptron_tagger_eng"), ("corpora/wordnet", "wordnet")):
+        for resource, package in (
+            ("taggers/averaged_perceptron_tagger_eng", "averaged_perceptron_tagger_eng"),
+            ("corpora/wordnet", "wordnet"),
+        ):
             try:
                 nltk.data.find(resource)
             except LookupError as exc:

@@ -63,14 +63,16 @@ class RunSettings:
     web_fraction: float = 1.0  # share of the kept web photos Stage II trains on (a nested subset by content)
 
 
-def write_run_config(run_dir: Path, source: DataSource, settings: RunSettings, model: ModelConfig, stage2_from: Path | None = None) -> None:
+def write_run_config(
+    run_dir: Path, source: DataSource, settings: RunSettings, model: ModelConfig, stage2_from: Path | None = None
+) -> None:
     """``config.json``; the data path is stored relative to the run when the run lives inside it
     (a data root's own runs), so a copied or moved data root reads its own data, not the original's.
     ``stage2_from``: the run whose model Stage II continued (the nightly cycle), else absent."""
     data = asdict(source)
     if _inside(run_dir, Path(source.path)):
         data["path"] = os.path.relpath(Path(source.path).absolute(), run_dir.absolute())
-    config = {"data": data, "settings": asdict(settings), "model": model.to_dict()}
+    config: dict[str, Any] = {"data": data, "settings": asdict(settings), "model": model.to_dict()}
     if stage2_from is not None:
         config["stage2_from"] = os.path.relpath(stage2_from.absolute(), run_dir.absolute())
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
@@ -130,7 +132,9 @@ def train_run(
     val = load_split(source, source.val_split, vocab, log=log)
     web = load_web(source, settings.web_fraction) if settings.stage2 is not None else None
     if settings.stage2 is not None and web is None:
-        raise ConfigError(f"stage2 is configured but {source.path} has no web pairs (web_ims.npy, web_tags.npy, web_keyword_rank.npy)")
+        raise ConfigError(
+            f"stage2 is configured but {source.path} has no web pairs (web_ims.npy, web_tags.npy, web_keyword_rank.npy)"
+        )
     if val.feature_dim != train.feature_dim or (web is not None and web.features.shape[1] != train.feature_dim):
         raise InputError(f"{source.path}: splits have different feature dimensions")
     tag_dim = train.tag_dim or (web.tag_vectors.shape[1] if web is not None else 0)
@@ -202,7 +206,11 @@ def _training_reads(inputs: dict[str, Any]) -> list[Path]:
         return [Path(source.path)]
     paths = [root.clean_images, root.clean_captions, root.feature_failures(source.feature_model), root.vectors_dir / VECTORS_FILE]
     if "stage1_run" in inputs:
-        paths += [root.web_photos, root.features_dir(source.feature_model), Path(inputs["stage1_run"]) / "stage1" / "checkpoints.json"]
+        paths += [
+            root.web_photos,
+            root.features_dir(source.feature_model),
+            Path(inputs["stage1_run"]) / "stage1" / "checkpoints.json",
+        ]
     if inputs.get("start_from"):
         paths += [final_stage_store(inputs["start_from"]).folder / "checkpoints.json"]
     return paths
@@ -247,7 +255,11 @@ def _stage_outputs(run: Path, stage: str) -> list[Path]:
 
 
 @pipeline_task(
-    "stage1", _TRAINING_MODULES, reads=_training_reads, writes=lambda i: _stage_outputs(_stage1_dir(i), "stage1"), run_name="stage1-{label}"
+    "stage1",
+    _TRAINING_MODULES,
+    reads=_training_reads,
+    writes=lambda i: _stage_outputs(_stage1_dir(i), "stage1"),
+    run_name="stage1-{label}",
 )
 def stage1_step(root: str, source: DataSource, settings: RunSettings, label: str, fresh: bool = False) -> dict[str, Any]:
     """Stage I (image-sentence + image-tag losses; ``lambda_tag=0`` = the baseline) into its run folder."""
@@ -263,7 +275,9 @@ def _fork(stage1_run: Path, run: Path) -> None:
         return
     staging = run.with_name(f".{run.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(stage1_run, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("stage2", "evaluation*", "*.png"))
+    shutil.copytree(
+        stage1_run, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("stage2", "evaluation*", "*.png")
+    )
     staging.rename(run)
 
 
@@ -275,14 +289,26 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 @pipeline_task(
-    "stage2", _TRAINING_MODULES, reads=_training_reads, writes=lambda i: _stage_outputs(_stage2_dir(i), "stage2"), run_name="stage2-{label}"
+    "stage2",
+    _TRAINING_MODULES,
+    reads=_training_reads,
+    writes=lambda i: _stage_outputs(_stage2_dir(i), "stage2"),
+    run_name="stage2-{label}",
 )
 def stage2_step(
-    root: str, stage1_run: str, source: DataSource, settings: RunSettings, label: str, start_from: str | None = None, fresh: bool = False
+    root: str,
+    stage1_run: str,
+    source: DataSource,
+    settings: RunSettings,
+    label: str,
+    start_from: str | None = None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Stage II on the crawled web pairs (L_IT only, lr / 10, curriculum) from Stage I's best model,
     or continuing the model of run ``start_from`` (the model in use) where it shares this Stage I."""
-    run = _stage2_dir({"source": source, "settings": settings, "root": root, "stage1_run": stage1_run, "label": label, "start_from": start_from})
+    run = _stage2_dir(
+        {"source": source, "settings": settings, "root": root, "stage1_run": stage1_run, "label": label, "start_from": start_from}
+    )
     log = step_logger()
     _start_over(run, fresh)
     _fork(Path(stage1_run), run)

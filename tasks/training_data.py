@@ -91,7 +91,9 @@ def _parquet_split(source: DataSource, split: str, grouped: bool) -> RawSplit:
     images, left_out = _without_unreadable(images, root, source, split)
     missing = images.loc[~images["sha256"].isin(row_of), "path"].tolist()
     if missing:
-        raise InputError(f"{len(missing)} images of split {split!r} have no features in {folder} (first: {missing[0]}); run the features step")
+        raise InputError(
+            f"{len(missing)} images of split {split!r} have no features in {folder} (first: {missing[0]}); run the features step"
+        )
     matrix = features_matrix(table, feature_dim(folder))
     features = matrix[[row_of[sha] for sha in images["sha256"]]]
     captions = read_table(root.clean_captions, CLEAN_CAPTIONS)

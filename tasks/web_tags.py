@@ -74,7 +74,9 @@ class WordfreqEnglish:
         english = zipf_frequency(word, "en")
         if english >= self.COMMON_ZIPF:
             return True
-        return english >= self.MIN_ZIPF and all(english + self.MARGIN > zipf_frequency(word, other) for other in self.OTHER_LANGUAGES)
+        return english >= self.MIN_ZIPF and all(
+            english + self.MARGIN > zipf_frequency(word, other) for other in self.OTHER_LANGUAGES
+        )
 
     def knows(self, word: str) -> bool:
         return word in self

@@ -92,7 +92,9 @@ def serve_corpus(corpus: str | Path, port: int, faults: Faults = Faults(), acces
 @pipeline_task("world", ("tasks.world", "webvse_world"), writes=lambda i: [root_of(i).world_dir / MARKER])
 def world_step(root: str, settings: WorldConfig) -> dict[str, str]:
     """Generate (or reuse) the offline world; returns the split file and corpus folder."""
-    web = WebSizes(settings.photos_per_object, settings.owners, nights=settings.nights, uploads_per_night=settings.uploads_per_night)
+    web = WebSizes(
+        settings.photos_per_object, settings.owners, nights=settings.nights, uploads_per_night=settings.uploads_per_night
+    )
     sizes = WorldSettings(CleanSizes(settings.train, settings.val, settings.test), web, settings.seed)
     paths = generate_world(DataRoot.resolve(root), sizes, log=step_logger())
     return {"karpathy": str(paths.karpathy_json), "corpus": str(paths.corpus_dir)}

@@ -17,7 +17,18 @@ SMALL = ["--embed-dim", "32", "--hidden-dim", "32", "--gru-hidden", "32", "--wor
 
 
 def test_train_then_evaluate(tiny_precomp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--precomp", str(tiny_precomp), "--data-root", str(tmp_path), "--run-id", "r", "--epochs", "2", "--stage2-epochs", "1"]
+    args = [
+        "--precomp",
+        str(tiny_precomp),
+        "--data-root",
+        str(tmp_path),
+        "--run-id",
+        "r",
+        "--epochs",
+        "2",
+        "--stage2-epochs",
+        "1",
+    ]
     assert main(["train", *args, *SMALL]) == 0
     assert "stage2: best val rsum" in capsys.readouterr().out
     assert main(["evaluate", "--data-root", str(tmp_path), "--device", "cpu"]) == 0  # the latest run
@@ -47,7 +58,9 @@ def test_bad_input_is_one_line_not_a_traceback(argv: list[str], message: str, tm
     assert "Traceback" not in result.stderr
 
 
-def test_train_without_web_pairs_is_stage_i_only_and_says_so(tiny_precomp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_without_web_pairs_is_stage_i_only_and_says_so(
+    tiny_precomp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Stage II is the default, but a precomp folder without web_*.npy trains Stage I and says why
     (wrong version: the run fails with "stage2 is configured but ... has no web pairs")."""
     clean_only = tmp_path / "clean-only"
@@ -55,12 +68,18 @@ def test_train_without_web_pairs_is_stage_i_only_and_says_so(tiny_precomp: Path,
     for f in tiny_precomp.iterdir():
         if not f.name.startswith("web_"):
             (clean_only / f.name).write_bytes(f.read_bytes())
-    assert main(["train", "--precomp", str(clean_only), "--data-root", str(tmp_path), "--run-id", "r", "--epochs", "1", *SMALL]) == 0
+    assert (
+        main(["train", "--precomp", str(clean_only), "--data-root", str(tmp_path), "--run-id", "r", "--epochs", "1", *SMALL]) == 0
+    )
     assert "has no web image-tag pairs: Stage I only" in capsys.readouterr().out
-    assert (tmp_path / "runs" / "r" / "stage1" / "checkpoints.json").is_file() and not (tmp_path / "runs" / "r" / "stage2").exists()
+    assert (tmp_path / "runs" / "r" / "stage1" / "checkpoints.json").is_file() and not (
+        tmp_path / "runs" / "r" / "stage2"
+    ).exists()
 
 
-def test_wrong_feature_dimension_in_a_split_is_named(tiny_precomp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_feature_dimension_in_a_split_is_named(
+    tiny_precomp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import numpy as np
 
     broken = tmp_path / "broken"
@@ -96,7 +115,10 @@ def test_world_then_flickr_server_command(tmp_path: Path) -> None:
         api.REST_URL = url
         photos = pd.read_parquet(corpus / "photos.parquet")
         photos = photos[photos["date_upload"] <= read_clock(corpus)]  # later uploads are tomorrow's: not online yet
-        with_dog = sum("dog" in {t.lower() for t in tags} | set(title.lower().split()) for tags, title in zip(photos["tags"], photos["title"]))
+        with_dog = sum(
+            "dog" in {t.lower() for t in tags} | set(title.lower().split())
+            for tags, title in zip(photos["tags"], photos["title"])
+        )
         assert int(api.photos.search(text="dog")["photos"]["total"]) == with_dog  # the key from the environment was accepted
     finally:
         server.send_signal(signal.SIGINT)
@@ -154,7 +176,10 @@ def test_world_keywords_vectors_commands(tmp_path: Path, capsys: pytest.CaptureF
     feature_model = features_id("efficientnet-lite0", "cpu", "auto")  # -bf16 on a CPU with native bf16
     shards = list((tmp_path / "features" / feature_model).glob("part-*.parquet"))
     encoded = pd.concat([pd.read_parquet(p) for p in shards])
-    assert len(encoded) == 75 + (photos["status"] == "kept").sum() - photos.loc[photos["status"] == "kept", "sha256"].duplicated().sum()
+    assert (
+        len(encoded)
+        == 75 + (photos["status"] == "kept").sum() - photos.loc[photos["status"] == "kept", "sha256"].duplicated().sum()
+    )
     # Stage I with the tag loss straight from the data root: dummy tags + word vectors -> tag vectors
     train = ["train", *root, "--parquet-root", str(tmp_path), "--feature-model", feature_model,
              "--run-id", "pq", "--epochs", "1", "--embed-dim", "32", "--hidden-dim", "32", "--gru-hidden", "32",

@@ -131,9 +131,13 @@ def test_faults_do_not_change_the_kept_set(tmp_path: Path) -> None:
     config = dict(per_keyword=8, per_page=10, **FAST)
     with FlickrServer(corpus) as server:
         run_crawl(clean_root, CrawlConfig(api_url=server.rest_url, **config), Credentials(DEFAULT_KEY, "s"), log=lambda m: None)
-    faults = Faults(error_rate=0.08, throttle_rate=0.04, retry_after=0, truncated_json_rate=0.04, truncated_image_rate=0.04, seed=9)
+    faults = Faults(
+        error_rate=0.08, throttle_rate=0.04, retry_after=0, truncated_json_rate=0.04, truncated_image_rate=0.04, seed=9
+    )
     with FlickrServer(corpus, faults=faults) as server:
-        summary = run_crawl(faulty_root, CrawlConfig(api_url=server.rest_url, **config), Credentials(DEFAULT_KEY, "s"), log=lambda m: None)
+        summary = run_crawl(
+            faulty_root, CrawlConfig(api_url=server.rest_url, **config), Credentials(DEFAULT_KEY, "s"), log=lambda m: None
+        )
         injected = sum(server.stats[k] for k in ("error", "throttle", "truncate"))
     assert injected > 10  # the faults really happened ...
     assert _kept(faulty_root) == _kept(clean_root) and len(_kept(clean_root)) > 50  # ... and changed nothing
@@ -155,7 +159,6 @@ def test_bad_key_stops_clearly_and_downloads_are_guarded(tmp_path: Path) -> None
         with pytest.raises(DownloadRefused, match="pixel guard"):
             download_image(session, url, root, DownloadPolicy(max_pixels=100))
         assert download_image(session, url, root).width == 16
-
 
 
 def test_real_flickr_needs_a_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,7 +192,13 @@ def test_sigkill_then_rerun_ends_with_the_same_set_and_no_secret_anywhere(tmp_pa
     key = "sekrit-KEY-4242"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLICKR_API_KEY": key, "FLICKR_API_SECRET": "sekrit-SECRET-77"}
     logs = []
-    straight = subprocess.run([sys.executable, "-c", CRAWL_SCRIPT, str(straight_root.root), str(corpus), key], env=env, capture_output=True, text=True, check=True)
+    straight = subprocess.run(
+        [sys.executable, "-c", CRAWL_SCRIPT, str(straight_root.root), str(corpus), key],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     logs.append(straight.stdout + straight.stderr)
 
     victim = subprocess.Popen([sys.executable, "-c", CRAWL_SCRIPT, str(killed_root.root), str(corpus), key], env=env,
@@ -202,7 +211,13 @@ def test_sigkill_then_rerun_ends_with_the_same_set_and_no_secret_anywhere(tmp_pa
     assert victim.poll() is None, "the crawl finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
     logs.append(victim.communicate()[0])
-    rerun = subprocess.run([sys.executable, "-c", CRAWL_SCRIPT, str(killed_root.root), str(corpus), key], env=env, capture_output=True, text=True, check=True)
+    rerun = subprocess.run(
+        [sys.executable, "-c", CRAWL_SCRIPT, str(killed_root.root), str(corpus), key],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     logs.append(rerun.stdout + rerun.stderr)
 
     assert _kept(killed_root) == _kept(straight_root)

@@ -55,15 +55,19 @@ def test_flickr_s_temporary_code_105_is_retried_and_a_permanent_code_is_one_clea
 
     with FlickrServer(corpus) as server:  # code 18 (illogical arguments): no retry can help
         with pytest.raises(FlickrRefused, match=r"code 18 \(illogical arguments\)"):
-            _crawl(make_root(tmp_path / "bad", ["dog"]), server, sort="no-such-sort", retry=RetryPolicy(attempts=8, base_delay=5.0))
+            _crawl(
+                make_root(tmp_path / "bad", ["dog"]), server, sort="no-such-sort", retry=RetryPolicy(attempts=8, base_delay=5.0)
+            )
         assert server.stats["rest"] == 1
 
 
 def test_a_day_crowded_past_the_cap_is_split_down_to_seconds(tmp_path: Path) -> None:
     """4,800 results in one day; the eligible photos are the oldest 500, past rank 4,000 of every
     window a day long or longer. Split to windows that hold less than the cap, all are reachable."""
-    photos = [{"tags": ["dog", "red", f"e{i}"] if i >= 4300 else ["dog", f"x{i}"], "date": DAY_START + 4800 - i, "owner": f"o{i}"}
-              for i in range(4800)]  # fmt: skip  (i = rank, newest first)
+    photos = [
+        {"tags": ["dog", "red", f"e{i}"] if i >= 4300 else ["dog", f"x{i}"], "date": DAY_START + 4800 - i, "owner": f"o{i}"}
+        for i in range(4800)
+    ]  # fmt: skip  (i = rank, newest first)
     corpus = make_corpus(tmp_path / "corpus", photos)
     root = make_root(tmp_path / "root", ["dog"])
     with FlickrServer(corpus) as server:
@@ -103,7 +107,11 @@ def test_only_stored_photos_take_quota_owner_slots_and_first_tag_keys(tmp_path: 
     status = crawled(root)["status"].to_dict()
     assert {status[b["id"]] for b in broken} == {"failed_download"}
     reasons = " ".join(lines)
-    assert "photo bhtml: not an image" in reasons and "bgone_abc_m.jpg: HTTP 404" in reasons and "photo bempty: zero bytes" in reasons
+    assert (
+        "photo bhtml: not an image" in reasons
+        and "bgone_abc_m.jpg: HTTP 404" in reasons
+        and "photo bempty: zero bytes" in reasons
+    )
     assert all(status[g["id"]] == "kept" for g in good)  # the twin, all 5 of the owner's others, 10 for the keyword
     assert summary["kept"] == 10
     assert any("10 stored, 3 failed to download" in line for line in lines), lines
@@ -134,7 +142,9 @@ def test_the_allow_list_is_checked_on_every_redirect_hop(tmp_path: Path) -> None
     corpus = make_corpus(tmp_path / "corpus", photos)
     root = DataRoot.resolve(tmp_path / "root")
     with FlickrServer(corpus) as server, requests.Session() as session:
-        with pytest.raises(DownloadRefused, match="host of http://images.example.net/stolen.jpg is not on the download allow-list"):
+        with pytest.raises(
+            DownloadRefused, match="host of http://images.example.net/stolen.jpg is not on the download allow-list"
+        ):
             download_image(session, f"{server.base_url}/1/2_abc_m.jpg", root)
         assert not list(root.web_images_dir.rglob("*.jpg")) if root.web_images_dir.exists() else True
 
@@ -164,7 +174,9 @@ def test_the_hourly_budget_of_a_key_is_shared_by_every_data_root(tmp_path: Path,
     calls = 0
     with FlickrServer(corpus, api_keys={"a-real-looking-key"}) as server:
         for name in ("one", "two"):
-            summary = run_crawl(make_root(tmp_path / name, ["dog"]), CrawlConfig(api_url=server.rest_url, **FAST), real_key, log=lambda m: None)
+            summary = run_crawl(
+                make_root(tmp_path / name, ["dog"]), CrawlConfig(api_url=server.rest_url, **FAST), real_key, log=lambda m: None
+            )
             calls += int(summary["api_calls"])  # type: ignore[call-overload]
     budget = list((tmp_path / "state").glob("api-calls-*.log"))
     assert len(budget) == 1 and len(budget[0].read_text().split()) == calls == 2

@@ -60,7 +60,9 @@ class PrefectServer:
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         out = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed when the process ends
-        process = subprocess.Popen([PREFECT, *args], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [PREFECT, *args], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes.append(process)
         return process
 
@@ -93,7 +95,9 @@ class PrefectServer:
             if state and state["type"] in FINAL:
                 return state["type"]
             time.sleep(1)
-        raise AssertionError(f"flow run {flow_run_id} not finished; worker log:\n{(self.logs / 'worker.log').read_text()[-4000:]}")
+        raise AssertionError(
+            f"flow run {flow_run_id} not finished; worker log:\n{(self.logs / 'worker.log').read_text()[-4000:]}"
+        )
 
     def task_names(self, flow_run_id: str) -> list[str]:
         body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
@@ -132,7 +136,9 @@ def test_deployments_run_on_a_real_server_and_worker(prefect_server: PrefectServ
     nightly = by_name["nightly-retrain"]
     assert nightly["work_pool_name"] == "gpu" and nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert nightly["global_concurrency_limit"]["limit"] == 1
-    assert nightly["parameters"]["nightly"] is True and "refresh" not in nightly["parameters"]  # refresh would retrain Stage I nightly
+    assert (
+        nightly["parameters"]["nightly"] is True and "refresh" not in nightly["parameters"]
+    )  # refresh would retrain Stage I nightly
     prefect_server.spawn("worker", "worker", "start", "--pool", "cpu")
 
     config = tiny_config(tmp_path / "data").model_dump(mode="json")

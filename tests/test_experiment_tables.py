@@ -17,7 +17,17 @@ def _cells(rsums: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
     rows = []
     for (loss, variant), values in rsums.items():
         for seed, rsum in enumerate(values):
-            rows.append({"loss": loss, "seed": seed, "variant": variant, "run_dir": "r", "stage": "s", **dict.fromkeys(METRICS, 10.0 + seed), "rsum": rsum})
+            rows.append(
+                {
+                    "loss": loss,
+                    "seed": seed,
+                    "variant": variant,
+                    "run_dir": "r",
+                    "stage": "s",
+                    **dict.fromkeys(METRICS, 10.0 + seed),
+                    "rsum": rsum,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -48,7 +58,9 @@ def test_paper_table_has_recall_at_1_5_10_and_medr_both_ways() -> None:
 
 
 def test_paired_gains_against_another_reference_variant() -> None:
-    table = _cells({("vse", "baseline"): [100.0, 100.0], ("vse", "stage1"): [110.0, 120.0], ("vse", "stage2-curriculum"): [109.0, 125.0]})
+    table = _cells(
+        {("vse", "baseline"): [100.0, 100.0], ("vse", "stage1"): [110.0, 120.0], ("vse", "stage2-curriculum"): [109.0, 125.0]}
+    )
     gains = paired_gains(table, "stage2-curriculum", reference="stage1")["vse"]
     assert gains.mean == pytest.approx(2.0) and (gains.wins, gains.seeds) == (1, 2)
 

@@ -98,7 +98,9 @@ def test_bad_images_are_recorded_and_odd_modes_converted(tmp_path: Path) -> None
     root = DataRoot.resolve(tmp_path / "root")
     result = compute_features(root, _frame([good, *converted, *bad]), FeatureSettings(batch_size=3, workers=0), **QUIET)
     assert (result["computed"], result["failed"]) == (4, 4)
-    failures = read_table(root.features_dir(result["encoder_id"]) / "failures.parquet", FEATURE_FAILURES).set_index("path")["reason"]
+    failures = read_table(root.features_dir(result["encoder_id"]) / "failures.parquet", FEATURE_FAILURES).set_index("path")[
+        "reason"
+    ]
     assert failures[str(tmp_path / "zero.jpg")] == "zero bytes"
     assert failures[str(tmp_path / "huge.png")].endswith("exceeds the pixel guard")
     assert failures[str(tmp_path / "page.jpg")].startswith("not a decodable image")

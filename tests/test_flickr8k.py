@@ -66,7 +66,15 @@ def test_the_split_column_is_kept_as_given_and_extra_images_are_left_out(tmp_pat
     assert (summary.missing_images, summary.first_missing, summary.unofficial) == (1, "5.jpg", 1)
     assert summary.split_source == "the file's split column"
     written = {im["filename"]: im["split"] for im in json.loads((tmp_path / "out.json").read_text())["images"]}
-    assert written == {"0.jpg": "test", "1.jpg": "test", "2.jpg": "test", "3.jpg": "test", "4.jpg": "test", "a.jpg": "train", "b.jpg": "val"}
+    assert written == {
+        "0.jpg": "test",
+        "1.jpg": "test",
+        "2.jpg": "test",
+        "3.jpg": "test",
+        "4.jpg": "test",
+        "a.jpg": "train",
+        "b.jpg": "val",
+    }
 
 
 @pytest.mark.parametrize(
@@ -94,7 +102,9 @@ def test_a_line_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) -> None:
 
 def test_without_a_split_column_the_hash_split_is_used_and_said(tmp_path: Path) -> None:
     csv_path = _standard_split_fixture(tmp_path, [(f"{n}.jpg", "train") for n in range(10)])
-    plain = ["image,caption"] + [f"{line.split(',')[0]},{line.split(',', 3)[3]}" for line in csv_path.read_text().splitlines()[1:]]
+    plain = ["image,caption"] + [
+        f"{line.split(',')[0]},{line.split(',', 3)[3]}" for line in csv_path.read_text().splitlines()[1:]
+    ]
     csv_path.write_text("\n".join(plain))
     summary = flickr8k_to_karpathy(csv_path, tmp_path / "images", tmp_path / "out.json")
     assert summary.split_source == HASH_SPLIT and summary.counts == {"train": 8, "val": 1, "test": 1}

@@ -43,7 +43,9 @@ def three_nights(tmp_path_factory: pytest.TempPathFactory):
         if number > 1:
             advance_clock(config.root.world_corpus_dir)
         in_use_before = model_in_use(config.root)
-        state = webvse(config=config.model_copy(update={"promote": PromoteConfig(margin=margin)}), nightly=True, return_state=True)
+        state = webvse(
+            config=config.model_copy(update={"promote": PromoteConfig(margin=margin)}), nightly=True, return_state=True
+        )
         assert state.is_completed(), state.message
         nights.append({"state": state, "outcome": state.result(), "in_use_before": in_use_before})
     return config, nights
@@ -58,7 +60,10 @@ def upload_copies_of_kept_photos(root: DataRoot, count: int) -> None:
     now = read_clock(corpus)
     assert now is not None
     copies = originals.assign(
-        photo_id=[f"8{n:09d}" for n in range(len(originals))], owner="copycat@N09", duplicate_of=originals["photo_id"], date_upload=now + 3600
+        photo_id=[f"8{n:09d}" for n in range(len(originals))],
+        owner="copycat@N09",
+        duplicate_of=originals["photo_id"],
+        date_upload=now + 3600,
     )
     write_table(corpus / "photos.parquet", pd.concat([table, copies], ignore_index=True), FLICKR_CORPUS)
 
@@ -174,7 +179,9 @@ def test_a_fresh_crawl_replaces_web_only_once_it_has_finished(tmp_path: Path) ->
         (root.web_dir / "marker").write_text("the old crawl")
         summary = crawl("fresh")
     assert summary["kept"] == 20 and summary["night"] == 1 and summary["mode"] == "fresh"
-    assert not (root.web_dir / "marker").exists() and not root.fresh_crawl().web_dir.exists() and not root.replaced_web_dir.exists()
+    assert (
+        not (root.web_dir / "marker").exists() and not root.fresh_crawl().web_dir.exists() and not root.replaced_web_dir.exists()
+    )
     assert set(read_table(root.web_photos, WEB_PHOTOS)["sha256"]) == first
     assert all(root.web_image(sha).is_file() for sha in first)
     assert read_table(root.crawl_nights, CRAWL_NIGHTS)["mode"].tolist() == ["fresh"]
@@ -185,9 +192,20 @@ def test_a_crawl_made_before_nights_were_recorded_is_night_one_up_to_its_last_do
     from test_crawl_state import _row
 
     root = DataRoot(tmp_path)
-    rows = [{k: v for k, v in _row(i, "dog").items() if k != "night"} | {"fetched_at": f"2026-11-2{i}T10:00:00+00:00"} for i in range(3)]
+    rows = [
+        {k: v for k, v in _row(i, "dog").items() if k != "night"} | {"fetched_at": f"2026-11-2{i}T10:00:00+00:00"}
+        for i in range(3)
+    ]
     write_table(root.web_photos, pd.DataFrame(rows), WEB_PHOTOS)
-    done = {"keyword": "dog", "window_start": KEYWORD_DONE, "window_end": -1, "pages_done": 0, "done": True, "split": False, "api_calls": 3}
+    done = {
+        "keyword": "dog",
+        "window_start": KEYWORD_DONE,
+        "window_end": -1,
+        "pages_done": 0,
+        "done": True,
+        "split": False,
+        "api_calls": 3,
+    }
     write_table(root.crawl_progress, pd.DataFrame([done]), CRAWL_PROGRESS)
     state = CrawlState(root)
     last_download = int(pd.Timestamp("2026-11-22T10:00:00+00:00").timestamp())

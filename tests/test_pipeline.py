@@ -62,7 +62,9 @@ def test_first_run_runs_every_step_and_writes_the_report(first_run) -> None:
             i2t, t2i = reference_ranks(embedded.images.numpy(), embedded.captions.numpy(), embedded.captions_per_image)
             row = table.set_index("variant").loc[f"{label}/{embedded.stage}"]
             for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
-                assert [row[f"{direction}_r{k}"] for k in (1, 5, 10)] == pytest.approx([100 * np.mean(ranks < k) for k in (1, 5, 10)])
+                assert [row[f"{direction}_r{k}"] for k in (1, 5, 10)] == pytest.approx(
+                    [100 * np.mean(ranks < k) for k in (1, 5, 10)]
+                )
                 assert row[f"{direction}_medr"] == np.floor(np.median(ranks)) + 1
     report = config.root.runs_dir / "report"
     for png in ("recall_at_k.png", "training.png"):
@@ -193,7 +195,9 @@ def _crawl_awaiting_retry() -> bool:
 
     waiting = TaskRunFilterState(name=TaskRunFilterStateName(any_=["AwaitingRetry"]))
     with get_client(sync_client=True) as client:
-        return bool(client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="crawl"), state=waiting), limit=1))
+        return bool(
+            client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="crawl"), state=waiting), limit=1)
+        )
 
 
 @pytest.mark.slow
@@ -230,7 +234,11 @@ def test_refresh_reruns_the_step_and_what_depends_on_it() -> None:
     plan = StepPlan.make(None, ["crawl"])
     assert plan.selected == set(STEPS)
     assert plan.refreshed == {"crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote", "index"}
-    assert StepPlan.make(["evaluate"], ["evaluate"]).refreshed == {"evaluate", "promote", "index"}  # promote, index: only where selected
+    assert StepPlan.make(["evaluate"], ["evaluate"]).refreshed == {
+        "evaluate",
+        "promote",
+        "index",
+    }  # promote, index: only where selected
     with pytest.raises(ValueError, match="unknown step"):
         StepPlan.make(["crawll"])
 
@@ -253,7 +261,9 @@ def test_the_dask_deployment_entrypoint_is_the_same_flow_on_the_configured_sched
 
     monkeypatch.setenv("WEBVSE_DASK_ADDRESS", "tcp://scheduler.example:8786")
     on_dask = importlib.reload(flows.dask_pipeline).webvse
-    assert type(on_dask.task_runner).__name__ == "DaskTaskRunner" and on_dask.task_runner.address == "tcp://scheduler.example:8786"
+    assert (
+        type(on_dask.task_runner).__name__ == "DaskTaskRunner" and on_dask.task_runner.address == "tcp://scheduler.example:8786"
+    )
     assert (on_dask.name, on_dask.fn) == (webvse.name, webvse.fn)
     assert type(webvse.task_runner).__name__ == "ThreadPoolTaskRunner"
     with pytest.raises(InputError, match="task runner must be 'thread' or 'dask'"):
@@ -266,7 +276,21 @@ def test_feature_shards_run_as_parallel_tasks_on_a_dask_task_runner(tmp_path: Pa
     config = tiny_config(tmp_path / "data", features={"parallel_shards": 2})
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    command = [sys.executable, "-m", "flows.cli", "run", "--config", str(path), "--task-runner", "dask", "--steps", "world", "keywords", "crawl", "features"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "run",
+        "--config",
+        str(path),
+        "--task-runner",
+        "dask",
+        "--steps",
+        "world",
+        "keywords",
+        "crawl",
+        "features",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     output = done.stdout + done.stderr
@@ -304,7 +328,10 @@ def test_a_tiny_experiment_grid_reports_real_measurements(first_run) -> None:
     webly = cells[cells["variant"] == "stage1"].set_index(["loss", "seed"])["run_dir"]
     for variant in ("stage2-nocurriculum", "stage2-curriculum"):
         forks = cells[cells["variant"] == variant].set_index(["loss", "seed"])["run_dir"]
-        assert all(Path(forks[k], "stage1", "checkpoints.json").read_bytes() == Path(webly[k], "stage1", "checkpoints.json").read_bytes() for k in forks.index)
+        assert all(
+            Path(forks[k], "stage1", "checkpoints.json").read_bytes() == Path(webly[k], "stage1", "checkpoints.json").read_bytes()
+            for k in forks.index
+        )
     markdown = (Path(outcome["folder"]) / "results.md").read_text()
     assert "± " in markdown and "Beyond the seed spread" in markdown
     for question in ("+ Stage II, curriculum against its own Stage I", "Stage II with the curriculum against without it"):
@@ -336,7 +363,9 @@ def test_search_is_the_command_line_client_of_the_flow_s_index(first_run, capsys
     scores = [float(h[1]) for h in hits]
     assert scores == sorted(scores, reverse=True) and all(Path(h[2]).is_file() for h in hits)
     assert main(["search", "xyzzy plugh", "--data-root", root]) == 2
-    assert "none of its words (xyzzy, plugh)" in capsys.readouterr().err  # arbitrary images for an all-<unk> caption would look like an answer
+    assert (
+        "none of its words (xyzzy, plugh)" in capsys.readouterr().err
+    )  # arbitrary images for an all-<unk> caption would look like an answer
 
 
 @pytest.mark.slow
@@ -353,7 +382,9 @@ def test_an_unreadable_image_is_skipped_and_reported_and_a_copied_root_evaluates
 
     state = webvse(config=config, return_state=True)
     assert state.is_completed(), state.message
-    failures = read_table(config.root.feature_failures(features_id(config.features.encoder, config.device, config.precision)), FEATURE_FAILURES)
+    failures = read_table(
+        config.root.feature_failures(features_id(config.features.encoder, config.device, config.precision)), FEATURE_FAILURES
+    )
     assert [Path(p).name for p in failures["path"]] == [broken["filename"]]
     first = state.result()
     for run in first["runs"].values():  # trained on the other images; the run folder says its data path relatively

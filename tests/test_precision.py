@@ -23,13 +23,20 @@ CPUINFO = "processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu sse2 avx2 {extr
 
 @pytest.mark.parametrize(
     ("extra", "native"),
-    [("avx512f avx512_bf16 avx512_vnni", True), ("amx_bf16 amx_tile amx_int8 avx512f", True), ("avx512f avx512bw", False), ("", False)],
+    [
+        ("avx512f avx512_bf16 avx512_vnni", True),
+        ("amx_bf16 amx_tile amx_int8 avx512f", True),
+        ("avx512f avx512bw", False),
+        ("", False),
+    ],
 )
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path, extra: str, native: bool) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(CPUINFO.format(vendor="AuthenticAMD", extra=extra))
     assert cpu_has_native_bf16(str(cpuinfo)) is native
-    assert ("avx2" in cpu_flags(cpuinfo.read_text())) and not cpu_has_native_bf16(str(tmp_path / "absent"))  # unknown: never assumed
+    assert ("avx2" in cpu_flags(cpuinfo.read_text())) and not cpu_has_native_bf16(
+        str(tmp_path / "absent")
+    )  # unknown: never assumed
 
 
 def test_forced_settings_win_and_auto_follows_the_hardware() -> None:

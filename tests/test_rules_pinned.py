@@ -70,12 +70,16 @@ def _tiny_data(images: int = 12, per_image: int = 5, seed: int = 0) -> Captioned
     rng = np.random.default_rng(seed)
     lengths = np.full(images * per_image, 4, dtype=np.int64)
     tokens = rng.integers(4, 30, size=(images * per_image, 4)).astype(np.int64)
-    return CaptionedImages(rng.normal(size=(images, 16)).astype(np.float32), tokens, lengths, np.repeat(np.arange(images), per_image))
+    return CaptionedImages(
+        rng.normal(size=(images, 16)).astype(np.float32), tokens, lengths, np.repeat(np.arange(images), per_image)
+    )
 
 
 def _trainer(tmp_path: Path, **config: object) -> Trainer:
     torch.manual_seed(0)
-    model = JointEmbedding(ModelConfig(image_dim=16, vocab_size=30, tag_dim=0, embed_dim=8, hidden_dim=8, word_dim=8, gru_hidden=8))
+    model = JointEmbedding(
+        ModelConfig(image_dim=16, vocab_size=30, tag_dim=0, embed_dim=8, hidden_dim=8, word_dim=8, gru_hidden=8)
+    )
     settings = StageConfig(**{"epochs": 1, "batch_size": 20, "lambda_tag": 0.0, **config})  # type: ignore[arg-type]
     return Trainer(model, settings, tmp_path / "ckpt", torch.device("cpu"), log=lambda m: None)
 
@@ -122,7 +126,9 @@ def test_the_sentence_loss_knows_which_captions_share_an_image(tmp_path: Path, m
     seen: list[torch.Tensor] = []
     real = train_module.ranking_loss
 
-    def recording(images: torch.Tensor, texts: torch.Tensor, image_ids: torch.Tensor | None = None, *args: object) -> torch.Tensor:
+    def recording(
+        images: torch.Tensor, texts: torch.Tensor, image_ids: torch.Tensor | None = None, *args: object
+    ) -> torch.Tensor:
         seen.append(image_ids)
         return real(images, texts, image_ids, *args)  # type: ignore[arg-type]
 
@@ -146,7 +152,9 @@ def test_stage_ii_batches_are_drawn_through_the_curriculum(tmp_path: Path) -> No
     drawn: dict[bool, set[int]] = {}
     for enabled in (True, False):
         torch.manual_seed(0)
-        model = JointEmbedding(ModelConfig(image_dim=16, vocab_size=30, tag_dim=6, embed_dim=8, hidden_dim=8, word_dim=8, gru_hidden=8))
+        model = JointEmbedding(
+            ModelConfig(image_dim=16, vocab_size=30, tag_dim=6, embed_dim=8, hidden_dim=8, word_dim=8, gru_hidden=8)
+        )
         schedule = CurriculumSchedule(enabled=enabled, start_fraction=0.3, full_at_epoch=5)
         config = replace(StageConfig(batch_size=20), name="stage2", lambda_sentence=0.0, curriculum=schedule)
         trainer = Trainer(model, config, tmp_path / f"c{enabled}", torch.device("cpu"), log=lambda m: None)
@@ -162,7 +170,9 @@ def test_stage_ii_batches_are_drawn_through_the_curriculum(tmp_path: Path) -> No
     assert drawn[False] == set(range(200))  # the ablation: every pair
 
 
-def test_the_code_key_of_a_step_changes_with_the_source_of_the_modules_it_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_code_key_of_a_step_changes_with_the_source_of_the_modules_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Wrong version: the key hashes module names (or the task wrapper only), so a fix is served stale."""
     from tasks.cache_keys import CodeOf, _module_digest
 

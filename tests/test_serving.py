@@ -75,7 +75,9 @@ def test_text_to_images_is_the_exact_ranking_with_pages_and_the_query_s_score_ra
     assert [h["id"] for h in first["hits"] + second["hits"]] == expected
     assert [h["rank"] for h in first["hits"] + second["hits"]] == list(range(1, 11))
     assert [h["score"] for h in first["hits"]] == pytest.approx(sorted(scores, reverse=True)[:5], abs=1e-5)
-    assert first["score_range"] == pytest.approx({"min": scores.min(), "median": float(np.median(scores)), "max": scores.max()}, abs=1e-5)
+    assert first["score_range"] == pytest.approx(
+        {"min": scores.min(), "median": float(np.median(scores)), "max": scores.max()}, abs=1e-5
+    )
     assert first["total"] == 20 and first["unknown_words"] == unknown == []
     assert first["hits"][0]["image_url"] == f"/images/{expected[0]}" and first["hits"][0]["labels"]
     partly = client.get("/api/text-to-images", params={"q": "a dog zzyzx"}).json()
@@ -99,7 +101,9 @@ def test_image_to_captions_by_id_and_by_upload_agree_and_mark_the_image_s_own_ca
     path = Path(items["path"][3])
     uploaded = retriever.encode_upload(path.read_bytes())
     assert float(_unit(uploaded) @ retriever.index.images.vectors[3]) > 0.999
-    by_upload = client.post("/api/image-to-captions", params={"k": 10}, files={"image": (path.name, path.read_bytes(), "image/jpeg")}).json()
+    by_upload = client.post(
+        "/api/image-to-captions", params={"k": 10}, files={"image": (path.name, path.read_bytes(), "image/jpeg")}
+    ).json()
     assert [h["text"] for h in by_upload["hits"]] == [h["text"] for h in by_id["hits"]]
     thumb = client.get(f"/images/{image_id}")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg" and thumb.content[:2] == b"\xff\xd8"
@@ -124,12 +128,20 @@ def test_image_to_captions_by_id_and_by_upload_agree_and_mark_the_image_s_own_ca
         ("get", "/images/../../../etc/passwd", {}, 404, "images are /images/<sha256>"),
         ("get", "/images/%2e%2e", {}, 400, "64 lower-case hex digits"),
         ("get", "/images/" + "a" * 63 + "G", {}, 400, "64 lower-case hex digits"),
-        ("post", "/api/image-to-captions", {"files": {"image": ("notes.txt", b"not an image at all", "text/plain")}}, 400, "not an image"),
+        (
+            "post",
+            "/api/image-to-captions",
+            {"files": {"image": ("notes.txt", b"not an image at all", "text/plain")}},
+            400,
+            "not an image",
+        ),
         ("post", "/api/image-to-captions", {"files": {"image": ("empty.jpg", b"", "image/jpeg")}}, 400, "the upload is empty"),
         ("post", "/api/image-to-captions", {"files": {"photo": ("a.jpg", b"\xff\xd8", "image/jpeg")}}, 400, "form field 'image'"),
     ],
 )
-def test_bad_requests_get_a_4xx_with_a_clear_message_and_the_server_keeps_serving(served, method, url, kwargs, status, message) -> None:
+def test_bad_requests_get_a_4xx_with_a_clear_message_and_the_server_keeps_serving(
+    served, method, url, kwargs, status, message
+) -> None:
     _, _, _, _, client = served
     answer = getattr(client, method)(url, **kwargs)
     assert answer.status_code == status, answer.text
@@ -148,7 +160,9 @@ def test_a_50_mb_upload_is_refused_before_it_is_parsed_declared_or_streamed(serv
         for _ in range(MAX_BODY_BYTES // 2**20 + 2):
             yield b"\0" * 2**20
 
-    streamed = client.post("/api/image-to-captions", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    streamed = client.post(
+        "/api/image-to-captions", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"}
+    )
     assert streamed.status_code == 413
     assert client.get("/health").json()["items"] == 20
 
@@ -166,7 +180,11 @@ def test_health_and_the_page_say_which_model_and_how_good(served) -> None:
     assert empty.status_code == 400 and "the query is empty" in empty.text
     image_id = client.get("/api/text-to-images", params={"q": "dog", "k": 1}).json()["hits"][0]["id"]
     captions = client.get("/", params={"id": image_id})
-    assert captions.status_code == 200 and captions.text.count('class="result caption"') == 10 and f"/images/{image_id}" in captions.text
+    assert (
+        captions.status_code == 200
+        and captions.text.count('class="result caption"') == 10
+        and f"/images/{image_id}" in captions.text
+    )
 
 
 @pytest.mark.slow
@@ -187,7 +205,9 @@ def test_a_retrained_model_makes_its_index_stale_and_the_server_refuses_it(serve
 @pytest.mark.slow
 def test_an_approximate_index_measures_its_recall_against_exact_search(served) -> None:
     _, _, run, retriever, _ = served
-    manifest = build_index(run, IndexSettings(collection="web", approximate="approximate", nprobe=64), device="cpu", log=lambda _: None)
+    manifest = build_index(
+        run, IndexSettings(collection="web", approximate="approximate", nprobe=64), device="cpu", log=lambda _: None
+    )
     folder = index_dir(run, "web")
     assert manifest["search"] == "approximate (faiss IVF)" and (folder / IVF_FILE).is_file()
     assert manifest["recall_at_10_vs_exact"] == 1.0  # nprobe 64 >= its sqrt(N) clusters: every list is scanned
@@ -283,7 +303,9 @@ def test_a_real_browser_searches_both_ways_on_the_served_page(served, tmp_path: 
     from selenium.webdriver.support.ui import WebDriverWait
 
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and chromedriver, "the browser test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver (.ci/run does)"
+    assert chromium and chromedriver, (
+        "the browser test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver (.ci/run does)"
+    )
     config, _, run, retriever, _ = served
     port = _free_port()
     server = subprocess.Popen(
@@ -298,7 +320,9 @@ def test_a_real_browser_searches_both_ways_on_the_served_page(served, tmp_path: 
                 health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read())
                 break
             except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read() if server.stdout else "server did not start"
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    server.stdout.read() if server.stdout else "server did not start"
+                )
                 time.sleep(0.5)
         assert health["run"] == run.name
         browser = _browser(chromium, chromedriver)

@@ -47,7 +47,11 @@ def test_a_default_changed_in_its_one_place_reaches_help_schema_and_the_run(tmp_
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if line[:4] in ("HELP", "SCHE", "EXIT")}
+    lines = {
+        line.split(" ", 1)[0]: line.split(" ", 1)[1]
+        for line in result.stdout.splitlines()
+        if line[:4] in ("HELP", "SCHE", "EXIT")
+    }
     assert "hinge margin of the ranking losses (default: 0.35)" in " ".join(json.loads(lines["HELP"]).split())
     assert json.loads(lines["SCHEMA"])["default"] == 0.35
     assert lines["EXIT"] == "0"

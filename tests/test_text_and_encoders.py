@@ -22,7 +22,7 @@ def test_vocabulary_threshold_order_and_json_round_trip(tmp_path: Path) -> None:
     assert vocab.encode(["dog", "eel"]) == [1, 4, 3, 2]
     vocab.save(tmp_path / "vocab.json")
     assert Vocabulary.load(tmp_path / "vocab.json") == vocab
-    (tmp_path / "bad.json").write_text("{\"tokens\": [\"dog\"]}")
+    (tmp_path / "bad.json").write_text('{"tokens": ["dog"]}')
     with pytest.raises(ValueError, match="bad.json is not a webvse vocabulary"):
         Vocabulary.load(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="missing.json"):
@@ -31,7 +31,9 @@ def test_vocabulary_threshold_order_and_json_round_trip(tmp_path: Path) -> None:
 
 def _model(tag_dim: int = 6) -> JointEmbedding:
     torch.manual_seed(0)
-    return JointEmbedding(ModelConfig(image_dim=10, vocab_size=20, tag_dim=tag_dim, embed_dim=8, hidden_dim=12, word_dim=5, gru_hidden=7))
+    return JointEmbedding(
+        ModelConfig(image_dim=10, vocab_size=20, tag_dim=tag_dim, embed_dim=8, hidden_dim=12, word_dim=5, gru_hidden=7)
+    )
 
 
 def test_every_branch_lands_on_the_unit_sphere() -> None:

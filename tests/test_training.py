@@ -127,7 +127,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_precomp: Path, t
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     subprocess.run(_train_command(tiny_precomp, tmp_path, "straight"), check=True, env=env, capture_output=True)
 
-    killed = subprocess.Popen(_train_command(tiny_precomp, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = subprocess.Popen(
+        _train_command(tiny_precomp, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     run = tmp_path / "runs" / "killed"
     deadline = time.monotonic() + 120
     while _committed_epoch(run) < 2 and killed.poll() is None and time.monotonic() < deadline:
@@ -138,7 +140,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_precomp: Path, t
     stopped_at = _committed_epoch(run)
     assert 2 <= stopped_at < 6
 
-    resumed = subprocess.run(_train_command(tiny_precomp, tmp_path, "killed"), env=env, capture_output=True, text=True, check=True)
+    resumed = subprocess.run(
+        _train_command(tiny_precomp, tmp_path, "killed"), env=env, capture_output=True, text=True, check=True
+    )
     assert f"resuming at epoch {stopped_at + 1}/6" in resumed.stdout
     assert not list((run / "stage1").glob(".*.tmp")), "a killed write left a temporary file behind"
 

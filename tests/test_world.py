@@ -62,7 +62,10 @@ def test_generation_is_deterministic(clean: Path, tmp_path: Path) -> None:
 
 def test_concepts_are_long_tailed_in_train_and_flat_in_test(clean: Path) -> None:
     images = json.loads(clean.read_text())["images"]
-    count = {split: Counter(o for im in images if im["split"] == split for o in im["concepts"]["objects"]) for split in ("train", "test")}
+    count = {
+        split: Counter(o for im in images if im["split"] == split for o in im["concepts"]["objects"])
+        for split in ("train", "test")
+    }
     ranked = [o.name for o in OBJECTS]
     train = np.array([count["train"][o] for o in ranked])
     test = np.array([count["test"][o] for o in ranked])
@@ -128,7 +131,9 @@ def test_flickr_error_envelope(corpus: Path) -> None:
             with pytest.raises(flickrapi.FlickrError) as err:
                 call()
             assert err.value.code == code
-        raw = requests.post(server.rest_url, data={"method": "flickr.photos.search", "api_key": DEFAULT_KEY, "format": "json"}, timeout=5)
+        raw = requests.post(
+            server.rest_url, data={"method": "flickr.photos.search", "api_key": DEFAULT_KEY, "format": "json"}, timeout=5
+        )
         assert raw.status_code == 200 and raw.json() == {
             "stat": "fail", "code": 3,
             "message": "Parameterless searches have been disabled. Please use flickr.photos.getRecent instead.",
@@ -152,11 +157,15 @@ def test_the_4000_result_cap_and_string_counts(tmp_path: Path) -> None:
 
 
 def test_each_fault_kind_at_its_rate(corpus: Path) -> None:
-    faults = Faults(error_rate=0.2, throttle_rate=0.1, slow_rate=0.05, slow_seconds=0.01, truncated_json_rate=0.1, retry_after=7, seed=3)
+    faults = Faults(
+        error_rate=0.2, throttle_rate=0.1, slow_rate=0.05, slow_seconds=0.01, truncated_json_rate=0.1, retry_after=7, seed=3
+    )
     outcomes: Counter[str] = Counter()
     with FlickrServer(corpus, faults=faults) as server:
         for i in range(600):
-            r = requests.post(server.rest_url, data={"method": "flickr.test.echo", "api_key": DEFAULT_KEY, "format": "json", "n": i}, timeout=5)
+            r = requests.post(
+                server.rest_url, data={"method": "flickr.test.echo", "api_key": DEFAULT_KEY, "format": "json", "n": i}, timeout=5
+            )
             if r.status_code in (500, 503):
                 outcomes["error"] += 1
             elif r.status_code == 429:
@@ -198,7 +207,9 @@ def test_start_stop_bad_corpus_and_quiet_logs(corpus: Path, tmp_path: Path, caps
     server = FlickrServer(corpus, access_log=True).start()
     port = server.httpd.server_address[1]
     with requests.Session() as client:  # closed before the server: the server's port keeps no TIME_WAIT connection
-        stat = client.get(f"{server.rest_url}?method=flickr.test.echo&format=json&api_key={DEFAULT_KEY}", timeout=5).json()["stat"]
+        stat = client.get(f"{server.rest_url}?method=flickr.test.echo&format=json&api_key={DEFAULT_KEY}", timeout=5).json()[
+            "stat"
+        ]
     assert stat == "ok"  # serving as soon as start() returns
     server.stop()
     with socket.socket() as probe:

@@ -61,7 +61,8 @@ class _LiteFeatures(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.net.extract_features(x), 1), 1)
+        features: torch.Tensor = self.net.extract_features(x)  # type: ignore[operator]  # efficientnet_lite_pytorch's own method
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
 
 
 def _efficientnet_lite0(weights_path: str | None) -> tuple[nn.Module, nn.Module | None]:

@@ -117,7 +117,9 @@ class JointEmbedding(nn.Module):
         super().__init__()
         self.config = config
         self.image = ImageEncoder(config.image_dim, config.hidden_dim, config.embed_dim)
-        self.sentence = SentenceEncoder(config.vocab_size, config.word_dim, config.gru_hidden, config.embed_dim, config.gru_layers)
+        self.sentence = SentenceEncoder(
+            config.vocab_size, config.word_dim, config.gru_hidden, config.embed_dim, config.gru_layers
+        )
         self.tag = TagEncoder(config.tag_dim, config.hidden_dim, config.embed_dim) if config.tag_dim > 0 else None
 
     def encode_images(self, features: torch.Tensor) -> torch.Tensor:

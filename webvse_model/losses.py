@@ -20,7 +20,7 @@ import torch
 from storage.errors import InputError
 
 LossVariant = Literal["vse", "vse++"]
-LOSS_VARIANTS: tuple[str, ...] = ("vse", "vse++")
+LOSS_VARIANTS: tuple[LossVariant, ...] = ("vse", "vse++")
 
 
 def ranking_loss(

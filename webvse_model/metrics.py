@@ -53,8 +53,8 @@ class DirectionMetrics:
     def from_ranks(cls, ranks: np.ndarray) -> DirectionMetrics:
         """``ranks`` are 0-based, as in the VSE++ code."""
         r = np.asarray(ranks)  # integer ranks: median and mean come out as float64
-        recalls = [100.0 * float(np.mean(r < k)) for k in RECALL_KS]
-        return cls(*recalls, medr=float(np.floor(np.median(r)) + 1), meanr=float(r.mean() + 1))
+        r1, r5, r10 = (100.0 * float(np.mean(r < k)) for k in RECALL_KS)
+        return cls(r1, r5, r10, medr=float(np.floor(np.median(r)) + 1), meanr=float(r.mean() + 1))
 
     @property
     def recall_sum(self) -> float:
@@ -231,7 +231,9 @@ def retrieval_ranks(
         return _ranks(img, cap, k, chunk_size, max_chunk_bytes)
 
 
-def _ranks(img: torch.Tensor, cap: torch.Tensor, k: int, chunk_size: int | None, max_chunk_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def _ranks(
+    img: torch.Tensor, cap: torch.Tensor, k: int, chunk_size: int | None, max_chunk_bytes: int
+) -> tuple[np.ndarray, np.ndarray]:
     n = img.shape[0]
     img32, cap32 = img.float(), cap.float()
     tol = _float32_tolerance(img32, cap32)
@@ -310,7 +312,10 @@ def mean_metrics(results: Sequence[RetrievalMetrics]) -> RetrievalMetrics:
 
     def avg(direction: str) -> DirectionMetrics:
         return DirectionMetrics(
-            **{f.name: float(np.mean([getattr(getattr(r, direction), f.name) for r in results])) for f in fields(DirectionMetrics)}
+            **{
+                f.name: float(np.mean([getattr(getattr(r, direction), f.name) for r in results]))
+                for f in fields(DirectionMetrics)
+            }
         )
 
     return RetrievalMetrics(avg("i2t"), avg("t2i"))
@@ -322,7 +327,8 @@ def folded(images: Any, captions: Any, captions_per_image: int = 5, fold_size: i
     if n % fold_size:
         raise InputError(f"{n} images do not split into folds of {fold_size}")
     folds = tuple(
-        evaluate_embeddings(images[s : s + fold_size], captions[s * k : (s + fold_size) * k], k, **kw) for s in range(0, n, fold_size)
+        evaluate_embeddings(images[s : s + fold_size], captions[s * k : (s + fold_size) * k], k, **kw)
+        for s in range(0, n, fold_size)
     )
     return ProtocolResult(f"{n // fold_size}x{fold_size}", mean_metrics(folds), folds)
 

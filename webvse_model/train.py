@@ -38,7 +38,7 @@ from webvse_model.data import (
 )
 from webvse_model.encoders import JointEmbedding, ModelConfig
 from webvse_model.inference import evaluate_split
-from webvse_model.losses import LOSS_VARIANTS, ranking_loss
+from webvse_model.losses import LOSS_VARIANTS, LossVariant, ranking_loss
 from webvse_model.metrics import RetrievalMetrics
 from webvse_model.precision import use_bf16
 
@@ -61,7 +61,7 @@ class StageConfig:
     lr_decay: float = 0.1
     batch_size: int = 128
     grad_clip: float = 2.0
-    loss: str = "vse++"
+    loss: LossVariant = "vse++"
     margin: float = 0.2
     lambda_sentence: float = 1.0
     lambda_tag: float = 1.0
@@ -110,7 +110,10 @@ STAGE2_LR_FACTOR = 0.1  # the paper: Stage II at a tenth of Stage I's learning r
 
 
 def stage2_defaults(
-    stage1: StageConfig, epochs: int = STAGE2_EPOCHS, lr_factor: float = STAGE2_LR_FACTOR, curriculum: CurriculumSchedule | None = None
+    stage1: StageConfig,
+    epochs: int = STAGE2_EPOCHS,
+    lr_factor: float = STAGE2_LR_FACTOR,
+    curriculum: CurriculumSchedule | None = None,
 ) -> StageConfig:
     """The paper's Stage II: L_IT only, lr / 10, same loss, margin, clip and batch size.
 
@@ -135,7 +138,14 @@ class EpochRecord:
     metrics: dict[str, float]
 
     def to_row(self) -> dict[str, Any]:
-        return {"stage": self.stage, "epoch": self.epoch, "train_loss": self.train_loss, "lr": self.lr, "seconds": self.seconds, **self.metrics}
+        return {
+            "stage": self.stage,
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "lr": self.lr,
+            "seconds": self.seconds,
+            **self.metrics,
+        }
 
 
 @dataclass
@@ -246,8 +256,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- one epoch
     def _loss(self, images: torch.Tensor, texts: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        variant = "vse" if self._epoch < self.config.warmup_epochs else self.config.loss
-        return ranking_loss(images.float(), texts.float(), ids, self.config.margin, variant)  # type: ignore[arg-type]
+        variant: LossVariant = "vse" if self._epoch < self.config.warmup_epochs else self.config.loss
+        return ranking_loss(images.float(), texts.float(), ids, self.config.margin, variant)
 
     def _caption_step_loss(self, data: CaptionedImages, rows: np.ndarray) -> torch.Tensor:
         cfg = self.config
@@ -341,7 +351,8 @@ class Trainer:
         if val is not None:
             val.check_grouped(captions_per_image)
 
-        start_epoch, best_rsum, best_epoch, history = 0, -math.inf, 0, []
+        start_epoch, best_rsum, best_epoch = 0, -math.inf, 0
+        history: list[EpochRecord] = []
         for orphan in self.store.sweep_orphans():
             self.log(f"{cfg.name}: removed {orphan.name}, left by an interrupted write")
         if resume and self.store.has("last"):

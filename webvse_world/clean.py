@@ -13,6 +13,7 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def _split_probs(split: str, sizes: CleanSizes) -> np.ndarray:
     return np.full(len(OBJECTS), 1.0 / len(OBJECTS))
 
 
-def _make_image(args: tuple[str, int, int, str, CleanSizes]) -> dict[str, object]:
+def _make_image(args: tuple[str, int, int, str, CleanSizes]) -> dict[str, Any]:
     """Render and caption one image; its RNG is seeded by (seed, split, index) alone."""
     split, index, seed, folder, sizes = args
     rng = np.random.default_rng([seed, ["train", "val", "test"].index(split), index])
@@ -61,7 +62,7 @@ def generate_clean_dataset(folder: str | Path, sizes: CleanSizes = CleanSizes(),
         images = [_make_image(job) for job in jobs]
     for imgid, entry in enumerate(images):
         entry["imgid"] = imgid
-        for n, sentence in enumerate(entry["sentences"]):  # type: ignore[attr-defined]
+        for n, sentence in enumerate(entry["sentences"]):
             sentence["sentid"] = imgid * 5 + n
     document = {"dataset": "world", "seed": seed, "sizes": asdict(sizes), "images": images}
     target = root / DATASET_FILE

@@ -75,7 +75,14 @@ class Faults:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        rates = (self.error_rate, self.throttle_rate, self.slow_rate, self.truncated_json_rate, self.truncated_image_rate, self.unavailable_rate)
+        rates = (
+            self.error_rate,
+            self.throttle_rate,
+            self.slow_rate,
+            self.truncated_json_rate,
+            self.truncated_image_rate,
+            self.unavailable_rate,
+        )
         if any(not 0 <= r <= 1 for r in rates) or sum(rates) > 1:
             raise InputError(f"fault rates must lie in [0, 1] and sum to at most 1, got {rates}")
 
@@ -178,7 +185,7 @@ class FlickrServer:
     @property
     def base_url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def rest_url(self) -> str:
@@ -302,7 +309,9 @@ def _handler_for(server: FlickrServer) -> type[BaseHTTPRequestHandler]:
             if server.access_log:  # the path only: a query string may carry the key
                 print(f"{self.command} {urlsplit(self.path).path} {args[1] if len(args) > 1 else ''}", flush=True)
 
-        def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None, truncate: bool = False) -> None:
+        def _send(
+            self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None, truncate: bool = False
+        ) -> None:
             payload = body[: max(1, len(body) // 2)] if truncate else body
             self.send_response(status)
             self.send_header("Content-Type", content_type)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,10 +55,14 @@ class Scene:
 
 
 def sample_group(rng: np.random.Generator, obj: ObjectConcept) -> Group:
-    return Group(obj, str(rng.choice(list(COLOURS))), str(rng.choice(list(SIZES))), int(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15])))
+    return Group(
+        obj, str(rng.choice(list(COLOURS))), str(rng.choice(list(SIZES))), int(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15]))
+    )
 
 
-def sample_scene(rng: np.random.Generator, object_probs: np.ndarray, first: ObjectConcept | None = None, second_p: float = 0.6) -> Scene:
+def sample_scene(
+    rng: np.random.Generator, object_probs: np.ndarray, first: ObjectConcept | None = None, second_p: float = 0.6
+) -> Scene:
     """A scene whose first object is ``first`` (or drawn from ``object_probs``)."""
     first_index = OBJECTS.index(first) if first is not None else int(rng.choice(len(OBJECTS), p=object_probs))
     groups = [sample_group(rng, OBJECTS[first_index])]
@@ -111,9 +116,12 @@ def _background(rng: np.random.Generator, name: str) -> Image.Image:
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    def regular(n: int, radius_of: callable = lambda i: 1.0) -> list[tuple[float, float]]:  # type: ignore[valid-type]
+    def regular(n: int, radius_of: Callable[[int], float] = lambda i: 1.0) -> list[tuple[float, float]]:
         return [
-            (cx + r * radius_of(i) * math.cos(angle + 2 * math.pi * i / n), cy + r * radius_of(i) * math.sin(angle + 2 * math.pi * i / n))
+            (
+                cx + r * radius_of(i) * math.cos(angle + 2 * math.pi * i / n),
+                cy + r * radius_of(i) * math.sin(angle + 2 * math.pi * i / n),
+            )
             for i in range(n)
         ]
 
@@ -136,11 +144,15 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     if shape == "bar":
         return [(cx - r, cy - r / 3), (cx + r, cy - r / 3), (cx + r, cy + r / 3), (cx - r, cy + r / 3)]
     if shape == "half":
-        return [(cx + r * math.cos(t), cy + r * 0.2 + r * 0.8 * math.sin(t)) for t in np.linspace(0, math.pi, 12)] + [(cx - r, cy)]
+        return [(cx + r * math.cos(t), cy + r * 0.2 + r * 0.8 * math.sin(t)) for t in np.linspace(0, math.pi, 12)] + [
+            (cx - r, cy)
+        ]
     raise InputError(f"unknown shape {shape!r}")
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: ObjectConcept, rgb: tuple[int, int, int], cx: float, cy: float, r: float, angle: float) -> None:
+def _draw_object(
+    draw: ImageDraw.ImageDraw, obj: ObjectConcept, rgb: tuple[int, int, int], cx: float, cy: float, r: float, angle: float
+) -> None:
     dark = tuple(max(0, int(c * 0.45)) for c in rgb)
     outline = dark if obj.style != "ring" else rgb
     width = max(2, int(r / 4)) if obj.style == "ring" else 2
@@ -200,7 +212,16 @@ def pluralise(word: str) -> str:
     return word + "s"
 
 
-_BG_PREPOSITION = {"beach": "on", "grass": "on", "snow": "in", "street": "on", "room": "in", "water": "in", "sky": "in", "forest": "in"}
+_BG_PREPOSITION = {
+    "beach": "on",
+    "grass": "on",
+    "snow": "in",
+    "street": "on",
+    "room": "in",
+    "water": "in",
+    "sky": "in",
+    "forest": "in",
+}
 _VERBS = ("sitting", "standing", "resting", "lying", "waiting")
 _INVERSE = {"next to": "next to", "above": "below", "below": "above"}
 
@@ -239,10 +260,24 @@ def captions(scene: Scene, rng: np.random.Generator, count: int = 5) -> list[str
         lambda: (both(g1, scene.groups[1], rel) if pair else _group_phrase(rng, g1)) + f" {where}",
         lambda: f"there {_be(g1)} " + (both(g1, scene.groups[1], rel) if pair else _group_phrase(rng, g1)) + f" {where}",
         lambda: f"{where}, " + (both(g1, scene.groups[1], rel) if pair else f"{_group_phrase(rng, g1)} {_pick(rng, _VERBS)}"),
-        lambda: "a photo of " + (f"{_group_phrase(rng, g1)} and {_group_phrase(rng, scene.groups[1])}" if pair else _group_phrase(rng, g1)) + f" {where}",
-        lambda: (both(scene.groups[1], g1, _pick(rng, RELATIONS[_INVERSE[scene.relation]])) if pair else f"{_group_phrase(rng, g1)} in a picture") + f" {where}",
+        lambda: (
+            "a photo of "
+            + (f"{_group_phrase(rng, g1)} and {_group_phrase(rng, scene.groups[1])}" if pair else _group_phrase(rng, g1))
+            + f" {where}"
+        ),
+        lambda: (
+            (
+                both(scene.groups[1], g1, _pick(rng, RELATIONS[_INVERSE[scene.relation]]))
+                if pair
+                else f"{_group_phrase(rng, g1)} in a picture"
+            )
+            + f" {where}"
+        ),
         lambda: f"{_group_phrase(rng, g1)} {_be(g1)} {_pick(rng, _VERBS)} {where}",
-        lambda: f"{bg_word} scene with " + (f"{_group_phrase(rng, g1)} and {_group_phrase(rng, scene.groups[1])}" if pair else _group_phrase(rng, g1)),
+        lambda: (
+            f"{bg_word} scene with "
+            + (f"{_group_phrase(rng, g1)} and {_group_phrase(rng, scene.groups[1])}" if pair else _group_phrase(rng, g1))
+        ),
     ]
     order = rng.permutation(len(templates))[:count]
     return [_sentence(templates[i]()) for i in order]

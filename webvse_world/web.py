@@ -38,7 +38,22 @@ CLOCK_FILE = "clock.json"
 DAY = 86_400
 CAMERA_TAGS = ("canon", "nikon", "sony", "iphone", "eos5dmarkii", "dslr", "50mm", "nikond750", "fujifilm", "gopro")
 FILLER_TAGS = ("photo", "picture", "nature", "2014", "vacation", "summer", "travel", "instagood", "art", "love", "beautiful")
-FOREIGN_TAGS = ("perro", "gato", "hund", "katze", "chien", "voiture", "playa", "schnee", "猫", "犬", "собака", "海", "fiore", "baum")
+FOREIGN_TAGS = (
+    "perro",
+    "gato",
+    "hund",
+    "katze",
+    "chien",
+    "voiture",
+    "playa",
+    "schnee",
+    "猫",
+    "犬",
+    "собака",
+    "海",
+    "fiore",
+    "baum",
+)
 MACHINE_TAGS = ("geo:lat=48.85", "camera:make=canon", "upload:by=flickrmobile", "exif:iso=200")
 # Flickr's licence ids (flickr.photos.licenses.getInfo); weights favour Creative Commons
 LICENSES: dict[int, str] = {
@@ -128,7 +143,7 @@ def generate_web_corpus(folder: str | Path, sizes: WebSizes = WebSizes(), seed: 
     rng = np.random.default_rng([seed, 7])
     owners = [f"{10_000_000 + i * 37}@N0{i % 8}" for i in range(sizes.owners)]
     activity = 1.0 / np.arange(1, sizes.owners + 1) ** 0.8
-    jobs = []
+    jobs: list[tuple[int, int, str, str, int, int, str]] = []
     for obj in OBJECTS:
         for _ in range(sizes.photos_per_object):
             owner = owners[int(rng.choice(sizes.owners, p=activity / activity.sum()))]
@@ -142,7 +157,9 @@ def generate_web_corpus(folder: str | Path, sizes: WebSizes = WebSizes(), seed: 
     for night in range(1, sizes.nights + 1):
         for _ in range(sizes.uploads_per_night):
             repeat = rng.random() < 0.5  # half from the known uploaders, half from people new to the crawl
-            owner = owners[int(rng.choice(sizes.owners, p=activity / activity.sum()))] if repeat else f"{80_000_000 + len(jobs)}@N02"
+            owner = (
+                owners[int(rng.choice(sizes.owners, p=activity / activity.sum()))] if repeat else f"{80_000_000 + len(jobs)}@N02"
+            )
             night_of[len(jobs)] = night
             jobs.append((seed, len(jobs), OBJECTS[int(rng.integers(len(OBJECTS)))].name, owner, 0, 0, str(root)))
     if workers > 1 and len(jobs) > 200:
@@ -153,8 +170,8 @@ def generate_web_corpus(folder: str | Path, sizes: WebSizes = WebSizes(), seed: 
     past, future = photos[:base], photos[base:]
     for original in [past[i] for i in rng.choice(len(past), int(sizes.reupload_rate * len(past)), replace=False)]:
         copy = _reupload(original, len(photos), seed)  # the same file uploaded again, tags in another order
-        copy["tags"] = [original["tags"][i] for i in rng.permutation(len(original["tags"]))]  # type: ignore[arg-type, index]
-        copy["date_upload"] = int(original["date_upload"]) + int(rng.integers(60, DAY * 30))  # type: ignore[call-overload]
+        copy["tags"] = [original["tags"][i] for i in rng.permutation(len(original["tags"]))]
+        copy["date_upload"] = int(original["date_upload"]) + int(rng.integers(60, DAY * 30))
         photos.append(copy)
     now = max(int(p["date_upload"]) for p in photos)  # type: ignore[call-overload]
     for i, photo in enumerate(future):
@@ -188,7 +205,7 @@ def read_clock(folder: str | Path) -> int | None:
     try:
         return int(json.loads(path.read_text(encoding="utf-8"))["now"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path} is not a corpus clock ({{\"now\": <seconds since the epoch>}}): {exc}") from None
+        raise InputError(f'{path} is not a corpus clock ({{"now": <seconds since the epoch>}}): {exc}') from None
 
 
 def advance_clock(folder: str | Path, seconds: int = DAY) -> int:

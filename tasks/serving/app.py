@@ -77,8 +77,16 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"error": f"the request is larger than {self.limit // 2**20} MB; images up to {MAX_UPLOAD_BYTES // 2**20} MB"}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {"error": f"the request is larger than {self.limit // 2**20} MB; images up to {MAX_UPLOAD_BYTES // 2**20} MB"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -171,7 +179,15 @@ def create_app(retriever: Retriever) -> FastAPI:
             if image_id:
                 item = retriever.item(image_id)
                 answer = retriever.captions_for_item(image_id, k, number)
-                return page(request, answer=answer, q=q, k=k, query_image=f"/images/{image_id}", query_labels=list(item["labels"]), query_id=image_id)
+                return page(
+                    request,
+                    answer=answer,
+                    q=q,
+                    k=k,
+                    query_image=f"/images/{image_id}",
+                    query_labels=list(item["labels"]),
+                    query_id=image_id,
+                )
             if "q" in params:
                 return page(request, answer=retriever.text_to_images(q, k, number), q=q, k=k)
         except WebvseError as problem:

@@ -73,7 +73,7 @@ def model_checkpoint(run: str | Path) -> tuple[str, str]:
     return store.folder.name, store.records()["best"].sha256
 
 
-def test_metrics(run: str | Path, stage: str) -> dict[str, float] | None:
+def test_metrics(run: str | Path, stage: str) -> dict[str, Any] | None:
     """The run's recorded test metrics of ``stage`` (from the evaluate step), or None if never evaluated."""
     path = Path(run) / EVALUATION_FILE
     if not path.is_file():
@@ -118,11 +118,15 @@ def build_index(
     source = run_source(run)
     root = DataRoot.resolve(source.path)
     if source.kind != "parquet":
-        raise MissingInputError(f"{run} was trained on a precomp folder ({source.path}): it has no image files to show; index a run of a data root")
+        raise MissingInputError(
+            f"{run} was trained on a precomp folder ({source.path}): it has no image files to show; index a run of a data root"
+        )
     wanted = collection_items(root, settings.collection, source.test_split, settings.folder)
     if settings.collection == "folder":  # the user's photos: through the features step's own code, cached with the rest
         spec, bf16 = encoder_of_features(source.feature_model)
-        compute_features(root, wanted[["sha256", "path"]], FeatureSettings(spec.name, device=device, precision="bf16" if bf16 else "fp32"), log)
+        compute_features(
+            root, wanted[["sha256", "path"]], FeatureSettings(spec.name, device=device, precision="bf16" if bf16 else "fp32"), log
+        )
     items, features = _features(root, source.feature_model, wanted)
     stage, checkpoint = model_checkpoint(run)
     dev = pick_device(device)

@@ -143,7 +143,9 @@ def _page_of(found: Neighbours, k: int, page: int) -> tuple[np.ndarray, np.ndarr
 class Retriever:
     """A trained run's model, vocabulary and one index of it: answers queries both ways."""
 
-    def __init__(self, index: LoadedIndex, model: JointEmbedding, vocab: Vocabulary, device: torch.device, feature_model: str) -> None:
+    def __init__(
+        self, index: LoadedIndex, model: JointEmbedding, vocab: Vocabulary, device: torch.device, feature_model: str
+    ) -> None:
         self.index, self.model, self.vocab, self.device = index, model.eval(), vocab, device
         self.feature_model = feature_model
         self._cnn: tuple[Any, torch.nn.Module, bool] | None = None
@@ -179,9 +181,13 @@ class Retriever:
         if not words or len(unknown) == len(words):  # an all-<unk> caption ranks images arbitrarily
             known = ", ".join(self.vocab.tokens[len(SPECIAL_TOKENS) :][:8])
             said = f"none of its words ({', '.join(unknown)})" if words else "no word"
-            raise InputError(f"the query has {said} in the model's vocabulary ({len(self.vocab) - len(SPECIAL_TOKENS)} words, e.g. {known})")
+            raise InputError(
+                f"the query has {said} in the model's vocabulary ({len(self.vocab) - len(SPECIAL_TOKENS)} words, e.g. {known})"
+            )
         ids = self.vocab.encode(words)
-        vector = embed_captions(self.model, np.asarray([ids], dtype=np.int64), np.asarray([len(ids)], dtype=np.int64), self.device)
+        vector = embed_captions(
+            self.model, np.asarray([ids], dtype=np.int64), np.asarray([len(ids)], dtype=np.int64), self.device
+        )
         return vector.numpy()[0], unknown
 
     def text_to_images(self, query: str, k: int = 10, page: int = 1) -> Answer:
@@ -196,14 +202,28 @@ class Retriever:
             for n, (r, s) in enumerate(zip(rows.tolist(), scores.tolist()))
         ]
         took = (time.perf_counter() - started) * 1000
-        return Answer("text-to-images", query.strip(), k, page, len(items), found.score_min, found.score_median, found.score_max, took, hits, unknown)
+        return Answer(
+            "text-to-images",
+            query.strip(),
+            k,
+            page,
+            len(items),
+            found.score_min,
+            found.score_median,
+            found.score_max,
+            took,
+            hits,
+            unknown,
+        )
 
     # ------------------------------------------------------------------ image -> captions
     def item(self, image_id: str) -> pd.Series:
         """The collection's item named by ``image_id`` (a sha256), or UnknownItemError."""
         row = self.index.row_of.get(check_image_id(image_id))
         if row is None:
-            raise UnknownItemError(f"image {image_id} is not in this index ({self.index.manifest['collection']}, {len(self.index.items)} images)")
+            raise UnknownItemError(
+                f"image {image_id} is not in this index ({self.index.manifest['collection']}, {len(self.index.items)} images)"
+            )
         return self.index.items.iloc[row]
 
     def _cnn_parts(self) -> tuple[Any, torch.nn.Module, bool]:
@@ -211,7 +231,7 @@ class Retriever:
             if self._cnn is None:
                 spec, bf16 = encoder_of_features(self.feature_model)
                 _, net, _ = build_encoder(spec.name)
-                self._cnn = (spec.transform(), net.to(self.device, memory_format=torch.channels_last), bf16)
+                self._cnn = (spec.transform(), net.to(self.device).to(memory_format=torch.channels_last), bf16)
             return self._cnn
 
     def encode_upload(self, data: bytes) -> np.ndarray:
@@ -245,7 +265,9 @@ class Retriever:
             for n, (r, s) in enumerate(zip(rows.tolist(), scores.tolist()))
         ]  # fmt: skip
         took = (time.perf_counter() - started) * 1000
-        return Answer("image-to-captions", query, k, page, len(captions), found.score_min, found.score_median, found.score_max, took, hits)
+        return Answer(
+            "image-to-captions", query, k, page, len(captions), found.score_min, found.score_median, found.score_max, took, hits
+        )
 
     def captions_for_item(self, image_id: str, k: int = 10, page: int = 1) -> Answer:
         self.item(image_id)  # a well-formed id of this collection
@@ -285,4 +307,3 @@ def jpeg_thumbnail(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85)
     return out.getvalue()
-

@@ -67,7 +67,9 @@ class VectorSearch:
         return len(self.vectors)
 
     @classmethod
-    def build(cls, vectors: np.ndarray, approximate: bool, nlist: int | None = None, nprobe: int = 32, seed: int = 0) -> VectorSearch:
+    def build(
+        cls, vectors: np.ndarray, approximate: bool, nlist: int | None = None, nprobe: int = 32, seed: int = 0
+    ) -> VectorSearch:
         """Exact, or an IVF index trained on (a sample of) the vectors themselves."""
         if not approximate:
             return cls(vectors)

@@ -63,7 +63,9 @@ def read_flickr8k(csv_path: str | Path) -> Flickr8kCaptions:
         if "split" in fields:
             split = (row["split"] or "").strip()
             if split not in (*OFFICIAL_SPLITS, UNOFFICIAL_SPLIT):
-                raise InputError(f"{source}: line {line} has split {split!r}; expected one of {(*OFFICIAL_SPLITS, UNOFFICIAL_SPLIT)}")
+                raise InputError(
+                    f"{source}: line {line} has split {split!r}; expected one of {(*OFFICIAL_SPLITS, UNOFFICIAL_SPLIT)}"
+                )
             if out.splits.setdefault(image, split) != split:
                 raise InputError(f"{source}: line {line} puts {image} in {split!r}, an earlier line in {out.splits[image]!r}")
     out.captions = dict(out.captions)
@@ -93,7 +95,9 @@ class ImportSummary:
     first_missing: str = ""
 
 
-def flickr8k_to_karpathy(csv_path: str | Path, image_dir: str | Path, out_json: str | Path, captions_per_image: int = 5) -> ImportSummary:
+def flickr8k_to_karpathy(
+    csv_path: str | Path, image_dir: str | Path, out_json: str | Path, captions_per_image: int = 5
+) -> ImportSummary:
     """Write ``dataset_flickr8k.json`` for the images of ``image_dir`` listed in the file."""
     folder = Path(image_dir)
     if not folder.is_dir():

@@ -29,11 +29,26 @@ import numpy as np
 from webvse_model.datasets.precomp import PrecompSplit, PrecompWeb, write_precomp_split, write_precomp_web
 
 OBJECTS: dict[str, tuple[str, ...]] = {
-    "dog": ("dog", "puppy"), "cat": ("cat", "kitten"), "horse": ("horse", "pony"), "bird": ("bird", "sparrow"),
-    "car": ("car", "automobile"), "bike": ("bike", "bicycle"), "boat": ("boat", "ship"), "tree": ("tree", "oak"),
-    "man": ("man", "guy"), "woman": ("woman", "lady"), "child": ("child", "kid"), "ball": ("ball", "football"),
-    "table": ("table", "desk"), "chair": ("chair", "seat"), "cup": ("cup", "mug"), "train": ("train", "locomotive"),
-    "kite": ("kite", "glider"), "sheep": ("sheep", "lamb"), "cow": ("cow", "calf"), "plane": ("plane", "airplane"),
+    "dog": ("dog", "puppy"),
+    "cat": ("cat", "kitten"),
+    "horse": ("horse", "pony"),
+    "bird": ("bird", "sparrow"),
+    "car": ("car", "automobile"),
+    "bike": ("bike", "bicycle"),
+    "boat": ("boat", "ship"),
+    "tree": ("tree", "oak"),
+    "man": ("man", "guy"),
+    "woman": ("woman", "lady"),
+    "child": ("child", "kid"),
+    "ball": ("ball", "football"),
+    "table": ("table", "desk"),
+    "chair": ("chair", "seat"),
+    "cup": ("cup", "mug"),
+    "train": ("train", "locomotive"),
+    "kite": ("kite", "glider"),
+    "sheep": ("sheep", "lamb"),
+    "cow": ("cow", "calf"),
+    "plane": ("plane", "airplane"),
 }
 COLOURS: tuple[str, ...] = ("red", "blue", "green", "yellow", "white", "black", "orange", "purple")
 TEMPLATES: tuple[str, ...] = (
@@ -56,7 +71,9 @@ class SyntheticSizes:
     noise: float = 0.3
 
 
-def _scene_features(rng: np.random.Generator, protos: np.ndarray, colours: np.ndarray, scenes: np.ndarray, noise: float) -> np.ndarray:
+def _scene_features(
+    rng: np.random.Generator, protos: np.ndarray, colours: np.ndarray, scenes: np.ndarray, noise: float
+) -> np.ndarray:
     feats = protos[scenes[:, 0]] + protos[scenes[:, 1]] + colours[scenes[:, 2]]
     feats += noise * rng.standard_normal(feats.shape)
     return np.maximum(feats, 0).astype(np.float32)  # CNN features after ReLU are non-negative
@@ -76,7 +93,9 @@ def generate_synthetic_precomp(folder: str | Path, sizes: SyntheticSizes = Synth
     names = list(OBJECTS)
     n_obj = len(names)
     protos = np.abs(rng.standard_normal((n_obj, sizes.feature_dim))) * (rng.random((n_obj, sizes.feature_dim)) < 0.2) * 3
-    colours = np.abs(rng.standard_normal((len(COLOURS), sizes.feature_dim))) * (rng.random((len(COLOURS), sizes.feature_dim)) < 0.2) * 2
+    colours = (
+        np.abs(rng.standard_normal((len(COLOURS), sizes.feature_dim))) * (rng.random((len(COLOURS), sizes.feature_dim)) < 0.2) * 2
+    )
     word_vec = rng.standard_normal((n_obj + len(COLOURS), sizes.tag_dim))
 
     zipf = 1.0 / np.arange(1, n_obj + 1)
