@@ -26,7 +26,7 @@ from prefect import flow, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from storage.errors import InputError
-from tasks.crawl import crawl_night, crawl_step
+from tasks.crawl_step import crawl_night, crawl_step
 from tasks.evaluation import evaluate_step
 from tasks.features import feature_chunks_step, features_id, features_shard_step, features_step
 from tasks.keywords import keywords_step

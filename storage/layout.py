@@ -23,6 +23,9 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STATE_DIR_ENV = "WEBVSE_STATE_DIR"
 
 
+WORLD_DATASET_FILE = "dataset_world.json"  # in <data root>/world/clean/ (and any folder the world generator writes)
+
+
 def user_state_dir() -> Path:
     """Per-user state shared by every data root of this machine's user (e.g. the hourly Flickr
     call budget of an API key, which Flickr counts per key, not per data root):
@@ -141,6 +144,11 @@ class DataRoot:
     def world_clean_dir(self) -> Path:
         """Karpathy JSON + images of the generated captioned dataset."""
         return self.world_dir / "clean"
+
+    @property
+    def world_dataset(self) -> Path:
+        """The generated dataset's Karpathy-format split file."""
+        return self.world_clean_dir / WORLD_DATASET_FILE
 
     @property
     def world_corpus_dir(self) -> Path:

@@ -1,4 +1,7 @@
-"""Crawl step: one Flickr search per keyword, the paper's four filters, polite downloads.
+"""The crawl: one Flickr search per keyword, the paper's four filters, polite downloads.
+
+Production crawling only (the real Flickr API through ``flickrapi``, or any compatible
+endpoint); the step that also serves the offline world's corpus is :mod:`tasks.crawl_step`.
 
 For each keyword of ``keywords.parquet`` (most frequent first) photos are searched
 page by page (``per_page`` <= 500, never ``walk()``) until ``per_keyword`` photos are
@@ -34,12 +37,9 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import requests
-from prefect.blocks.system import Secret
-from prefect.concurrency.sync import rate_limit
 
 from storage.atomic import sweep_partial_writes
 from storage.layout import DataRoot, user_state_dir
@@ -48,13 +48,9 @@ from storage.tables import KEYWORDS, read_table
 from tasks.crawl_config import CrawlConfig
 from tasks.crawl_rules import photo_verdict
 from tasks.crawl_state import KEYWORD_DONE, CrawlState
-from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
-from tasks.flickr_client import FLICKR_REST_URL, OFFLINE_KEY, Credentials, FlickrClient, RetryPolicy
-from tasks.orchestration import pipeline_task, root_of, step_logger
-from tasks.pipeline_config import CrawlSettings
+from tasks.downloads import DownloadRefused, download_image
+from tasks.flickr_client import OFFLINE_KEY, Credentials, FlickrClient
 from tasks.web_tags import english_lexicon, english_tag_count, english_tags
-from webvse_world.flickr_server import FlickrServer
-from webvse_world.web import read_clock
 
 RESULT_CAP = 4000
 
@@ -331,70 +327,3 @@ def _finish_interrupted_swap(root: DataRoot, log: Callable[[str], None]) -> None
         log(f"crawl: restored {root.web_dir} after an interrupted replacement")
     else:
         shutil.rmtree(root.replaced_web_dir, ignore_errors=True)
-
-
-def crawl_local(root: DataRoot, corpus: str, log: Callable[[str], None] = print, **settings: Any) -> dict[str, Any]:
-    """Crawl the offline world: serve ``corpus`` on 127.0.0.1 for the duration of the crawl,
-    on the corpus's clock (its simulated "now"; the real time for a corpus without one)."""
-    with FlickrServer(corpus) as server:
-        now = server.corpus.now
-        clock = time.time if now is None else (lambda: float(now))
-        return run_crawl(
-            root, CrawlConfig(api_url=server.rest_url, **settings), Credentials(OFFLINE_KEY, "unused"), log, clock=clock
-        )
-
-
-def crawl_night(corpus: str | None) -> str:
-    """The date of the night a crawl would begin now: by the local corpus's clock, else the real one."""
-    now = read_clock(corpus) if corpus else None
-    return datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).strftime("%Y-%m-%d")
-
-
-# ------------------------------------------------------------------ the Prefect task
-def _secret(block: str) -> str | None:
-    """A Prefect Secret block's value, or None when no such block exists."""
-    try:
-        secret: Secret = Secret.load(block)  # type: ignore[assignment]  # sync in a sync context (Prefect's dual API)
-        return str(secret.get())
-    except ValueError:  # "Unable to find block document named ..."
-        return None
-
-
-def flickr_credentials(settings: CrawlSettings) -> Credentials:
-    """Secret blocks first (the deployment way), then $FLICKR_API_KEY / $FLICKR_API_SECRET."""
-    assert settings.api_url is not None
-    key = _secret(settings.key_block)
-    if key:
-        return Credentials(key, _secret(settings.secret_block) or "unused")
-    return Credentials.from_environment(settings.api_url)
-
-
-def _crawl_reads(inputs: dict[str, Any]) -> list[Path]:
-    corpus = inputs.get("corpus")
-    return [root_of(inputs).keywords] + ([Path(corpus) / "photos.parquet"] if corpus else [])
-
-
-@pipeline_task(
-    "crawl",
-    ("tasks.crawl", "tasks.flickr_client", "tasks.downloads", "tasks.web_tags"),
-    reads=_crawl_reads,
-    writes=lambda i: [root_of(i).web_photos],
-)
-def crawl_step(root: str, settings: CrawlSettings, corpus: str | None, night: str | None = None) -> dict[str, Any]:
-    """Crawl Flickr (or the local corpus, served on 127.0.0.1 meanwhile); returns the summary.
-
-    ``night`` (a date) is part of the cache key only: the nightly cycle crawls once per night,
-    while any other run keeps the cached crawl until its settings or keywords change.
-    """
-    data_root, log = DataRoot.resolve(root), step_logger()
-    options = dict(
-        per_keyword=settings.per_keyword, new_per_keyword=settings.new_per_keyword, mode=settings.mode, per_page=settings.per_page, max_keywords=settings.max_keywords,
-        calls_per_hour=settings.calls_per_hour, download_workers=settings.download_workers, english=settings.english,
-        retry=RetryPolicy(attempts=settings.request_attempts), download=DownloadPolicy(attempts=settings.request_attempts),
-    )  # fmt: skip
-    if corpus is not None:
-        return crawl_local(data_root, corpus, log, **options)
-    limit = settings.rate_limit
-    before_call = (lambda: rate_limit(limit)) if limit else None
-    config = CrawlConfig(api_url=settings.api_url or FLICKR_REST_URL, **options)  # type: ignore[arg-type]
-    return run_crawl(data_root, config, flickr_credentials(settings), log, before_call)

@@ -2,7 +2,7 @@
 
 ``CrawlConfig`` is what :class:`tasks.crawl.Crawler` runs with; the pipeline's ``crawl``
 section (:class:`tasks.pipeline_config.CrawlSettings`) takes its user-facing defaults from
-here and ``tasks.crawl.crawl_step`` builds one from the other.
+here and ``tasks.crawl_step.crawl_step`` builds one from the other.
 """
 
 from __future__ import annotations

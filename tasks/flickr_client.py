@@ -34,11 +34,12 @@ import flickrapi
 import requests
 
 from storage.errors import InputError, TransientError, WebvseError
-from webvse_world.flickr_server import DEFAULT_KEY
 
 FLICKR_REST_URL = "https://api.flickr.com/services/rest/"
 KEY_ENV, SECRET_ENV = "FLICKR_API_KEY", "FLICKR_API_SECRET"
-OFFLINE_KEY = DEFAULT_KEY  # the local server's key: public, not a secret
+# The key a Flickr-compatible server on this machine accepts when none is set (the offline world's
+# server is started with it): public, never a secret, and never sent to another host.
+OFFLINE_KEY = "webvse-offline-key"
 
 
 class BadApiKey(WebvseError, RuntimeError):

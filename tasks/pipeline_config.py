@@ -27,7 +27,6 @@ from webvse_model.losses import LOSS_VARIANTS, LossVariant
 from webvse_model.metrics import PROTOCOLS
 from webvse_model.precision import Precision
 from webvse_model.train import STAGE2_EPOCHS, STAGE2_LR_FACTOR, ConfigError, StageConfig
-from webvse_world.clean import DATASET_FILE
 
 Step = Literal["world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote", "index"]
 STEPS: tuple[Step, ...] = (
@@ -276,7 +275,7 @@ class PipelineConfig(Section):
 
     def karpathy_path(self) -> str:
         """The clean dataset's split file: the configured one or the generated world's."""
-        return self.dataset.karpathy or str(self.root.world_clean_dir / DATASET_FILE)
+        return self.dataset.karpathy or str(self.root.world_dataset)
 
     def corpus_path(self) -> str | None:
         """The corpus to serve locally for the crawl, or None when crawling ``crawl.api_url``."""

@@ -14,16 +14,24 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from storage.atomic import atomic_write_text
 from storage.layout import DataRoot
+from tasks.crawl import run_crawl
+from tasks.crawl_config import CrawlConfig
+from tasks.flickr_client import OFFLINE_KEY, Credentials
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import WorldConfig
-from webvse_world.clean import DATASET_FILE, CleanSizes, generate_clean_dataset
-from webvse_world.flickr_server import DEFAULT_KEY, CorpusError, Faults, FlickrServer
-from webvse_world.web import PHOTOS_FILE, WebSizes, generate_web_corpus
+from webvse_world.clean import CleanSizes, generate_clean_dataset
+from webvse_world.flickr_server import CorpusError, Faults, FlickrServer
+from webvse_world.mirflickr import MirflickrImport, import_mirflickr
+from webvse_world.web import PHOTOS_FILE, WebSizes, advance_clock, generate_web_corpus, read_clock
 
-__all__ = ["CleanSizes", "CorpusError", "Faults", "WebSizes", "WorldSettings", "generate_world", "serve_corpus"]
+__all__ = [
+    "CleanSizes", "CorpusError", "Faults", "MirflickrImport", "WebSizes", "WorldSettings", "advance_clock", "generate_world",
+    "import_mirflickr", "serve_corpus",
+]  # fmt: skip
 SERVER_KEY_ENV = "WEBVSE_FLICKR_SERVER_KEY"
 
 MARKER = "world.json"
@@ -52,7 +60,7 @@ def generate_world(root: DataRoot, settings: WorldSettings = WorldSettings(), lo
     """The clean dataset and the web corpus under ``root.world_dir`` (reused if up to date)."""
     marker = root.world_dir / MARKER
     wanted = json.dumps(asdict(settings), sort_keys=True)
-    karpathy, corpus = root.world_clean_dir / DATASET_FILE, root.world_corpus_dir
+    karpathy, corpus = root.world_dataset, root.world_corpus_dir
     if marker.is_file() and marker.read_text() == wanted and karpathy.is_file() and (corpus / PHOTOS_FILE).is_file():
         return WorldPaths(karpathy, corpus, 0.0, reused=True)
     started = time.perf_counter()
@@ -69,7 +77,7 @@ def generate_world(root: DataRoot, settings: WorldSettings = WorldSettings(), lo
 
 def serve_corpus(corpus: str | Path, port: int, faults: Faults = Faults(), access_log: bool = False) -> None:
     """Serve ``corpus`` on 127.0.0.1 until Ctrl-C; the accepted key comes from the environment."""
-    keys = {os.environ.get(SERVER_KEY_ENV, DEFAULT_KEY)}
+    keys = {os.environ.get(SERVER_KEY_ENV, OFFLINE_KEY)}
     server = FlickrServer(corpus, port=port, api_keys=keys, faults=faults, access_log=access_log)
     print(f"Flickr-compatible API at {server.rest_url} ({len(server.corpus.photos)} photos); Ctrl-C stops it", flush=True)
     print(f"it accepts the key in ${SERVER_KEY_ENV} (default: the offline demo key)", flush=True)
@@ -86,6 +94,22 @@ def serve_corpus(corpus: str | Path, port: int, faults: Faults = Faults(), acces
     finally:
         server.stop()
         print(f"stopped; served {server.stats['rest']} API calls and {server.stats['image']} images", flush=True)
+
+
+def crawl_local(root: DataRoot, corpus: str, log: Callable[[str], None] = print, **settings: Any) -> dict[str, Any]:
+    """Crawl the offline world: serve ``corpus`` on 127.0.0.1 for the duration of the crawl,
+    on the corpus's clock (its simulated "now"; the real time for a corpus without one)."""
+    with FlickrServer(corpus, api_keys={OFFLINE_KEY}) as server:
+        now = server.corpus.now
+        clock = time.time if now is None else (lambda: float(now))
+        return run_crawl(
+            root, CrawlConfig(api_url=server.rest_url, **settings), Credentials(OFFLINE_KEY, "unused"), log, clock=clock
+        )
+
+
+def corpus_clock(corpus: str | Path) -> float | None:
+    """The local corpus's simulated "now" (None for a corpus without a clock: the real time)."""
+    return read_clock(corpus)
 
 
 # ------------------------------------------------------------------ the Prefect task

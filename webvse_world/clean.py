@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.layout import WORLD_DATASET_FILE
 from webvse_model.text import tokenize
 from webvse_world.concepts import OBJECTS, zipf_weights
 from webvse_world.scenes import captions, jpeg_bytes, render, sample_scene
 
-DATASET_FILE = "dataset_world.json"
+DATASET_FILE = WORLD_DATASET_FILE
 
 
 @dataclass(frozen=True)
