@@ -142,10 +142,9 @@ class HourlyRateLimit:
             return 0.0
         return 3600 - (now - window[0])
 
-    def _try_shared(self) -> float:
-        assert self.state_file is not None
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.state_file, "a+") as handle:
+    def _try_shared(self, state_file: Path) -> float:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(state_file, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             handle.seek(0)
             window = collections.deque(float(x) for x in handle.read().split())
@@ -158,7 +157,7 @@ class HourlyRateLimit:
     def acquire(self) -> None:
         while True:
             if self.state_file is not None:
-                wait = self._try_shared()
+                wait = self._try_shared(self.state_file)
             else:
                 with self._lock:
                     wait = self._try(self.window)

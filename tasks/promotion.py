@@ -35,7 +35,6 @@ from tasks.report import plot_nights
 from tasks.training import VOCAB_FILE, final_stage_store
 from tasks.training_data import load_split
 from webvse_model.inference import evaluate_split
-from webvse_model.metrics import RetrievalMetrics
 from webvse_model.text import Vocabulary
 from webvse_model.train import load_model, pick_device
 
@@ -65,9 +64,7 @@ def validation_rsum(run: str | Path, device: str = "auto") -> float:
     source = run_source(run)
     dev = pick_device(device)
     data = load_split(source, source.val_split, Vocabulary.load(run / VOCAB_FILE), log=lambda _: None)
-    result = evaluate_split(load_model(final_stage_store(run), "best", dev), data, source.captions_per_image)
-    assert isinstance(result, RetrievalMetrics)
-    return float(result.rsum)
+    return float(evaluate_split(load_model(final_stage_store(run), "best", dev), data, source.captions_per_image).rsum)
 
 
 # ------------------------------------------------------------------ the pointer and the history

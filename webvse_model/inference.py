@@ -11,7 +11,7 @@ import torch
 
 from webvse_model.data import CaptionedImages
 from webvse_model.encoders import JointEmbedding
-from webvse_model.metrics import ProtocolResult, RetrievalMetrics, evaluate_embeddings, run_protocol
+from webvse_model.metrics import RetrievalMetrics, evaluate_embeddings
 
 
 @torch.inference_mode()
@@ -44,17 +44,11 @@ def embed_split(model: JointEmbedding, data: CaptionedImages, device: torch.devi
     return embed_images(model, data.features, device), embed_captions(model, data.tokens, data.lengths, device)
 
 
-def evaluate_split(
-    model: JointEmbedding, data: CaptionedImages, captions_per_image: int = 5, protocol: str | None = None
-) -> RetrievalMetrics | ProtocolResult:
-    """Metrics of ``model`` on ``data`` (captions grouped ``k`` per image).
-
-    Without ``protocol`` this returns plain :class:`RetrievalMetrics` over the whole
-    split; with one, the :class:`ProtocolResult` of that standard protocol.
-    """
+def evaluate_split(model: JointEmbedding, data: CaptionedImages, captions_per_image: int = 5) -> RetrievalMetrics:
+    """Metrics of ``model`` on the whole of ``data`` (captions grouped ``k`` per image): validation
+    and promotion. The standard protocols (COCO 1K folds, 5K) run on embeddings: see
+    :func:`webvse_model.metrics.run_protocol` and the evaluate step."""
     data.check_grouped(captions_per_image)
     device = next(model.parameters()).device
     images, captions = embed_split(model, data, device)
-    if protocol is None:
-        return evaluate_embeddings(images, captions, captions_per_image)
-    return run_protocol(protocol, images, captions, captions_per_image)
+    return evaluate_embeddings(images, captions, captions_per_image)

@@ -39,7 +39,6 @@ from webvse_model.data import (
 from webvse_model.encoders import JointEmbedding, ModelConfig
 from webvse_model.inference import evaluate_split
 from webvse_model.losses import LOSS_VARIANTS, LossVariant, ranking_loss
-from webvse_model.metrics import RetrievalMetrics
 from webvse_model.precision import use_bf16
 
 CHECKPOINT_FORMAT = "webvse-checkpoint-1"
@@ -372,9 +371,7 @@ class Trainer:
             self.scheduler.step()
             metrics: dict[str, float] = {}
             if val is not None:
-                result = evaluate_split(self.model, val, captions_per_image)
-                assert isinstance(result, RetrievalMetrics)
-                metrics = result.to_dict()
+                metrics = evaluate_split(self.model, val, captions_per_image).to_dict()
             rsum = metrics.get("rsum", -loss)  # without validation, the lowest loss is "best"
             record = EpochRecord(cfg.name, epoch + 1, loss, lr, time.perf_counter() - started, metrics)
             history.append(record)
