@@ -12,7 +12,7 @@ from typing import Literal
 
 from storage.errors import InputError
 from tasks.downloads import DownloadPolicy
-from tasks.flickr_client import FLICKR_REST_URL, RetryPolicy
+from tasks.flickr_client import FLICKR_CALLS_PER_HOUR, FLICKR_REST_URL, RetryPolicy
 
 CrawlMode = Literal["incremental", "fresh"]
 EnglishRule = Literal["wordfreq", "captions"]
@@ -36,7 +36,7 @@ class CrawlConfig:
     max_per_owner: int = 5
     first_tags: int = 5
     size: str = "url_m"
-    calls_per_hour: int = 3600
+    calls_per_hour: int = FLICKR_CALLS_PER_HOUR
     download_workers: int = 4
     earliest_upload: int = FLICKR_LAUNCH
     retry: RetryPolicy = field(default_factory=RetryPolicy)

