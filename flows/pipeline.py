@@ -151,5 +151,6 @@ def webvse(
     index = None
     if plan.runs("index"):
         served = config.index.run or model_in_use(root) or runs.get("webly")  # what `webvse serve` serves
-        index = step("index", index_step)(data_root, str(served) if served else None, config.index, config.device)
+        indexed = step("index", index_step).outcome(data_root, str(served) if served else None, config.index, config.device)
+        prepared.steps["index"], index = indexed, indexed.value  # `webvse index` reports it like a data step
     return {"runs": runs, "results": table, "promotion": promotion, "index": index, "steps": prepared.steps}

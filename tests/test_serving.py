@@ -353,3 +353,17 @@ def test_a_real_browser_searches_both_ways_on_the_served_page(served, tmp_path: 
         server.wait(timeout=30)
     for name in ("serve-text-to-images.png", "serve-image-to-captions.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_the_index_command_is_the_flow_s_step_and_a_second_call_is_cached(served, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    config, _, run, _, _ = served
+    args = ["index", "--data-root", str(config.root.root), "--collection", "web", "--run", str(run)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "served from the cache" not in out and "web images" in out and "serve it: webvse serve" in out
+    assert json.loads((index_dir(run, "web") / "manifest.json").read_text())["collection"] == "web"
+    assert main(args) == 0
+    assert "index: served from the cache" in capsys.readouterr().out
