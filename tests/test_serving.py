@@ -176,6 +176,7 @@ def test_health_and_the_page_say_which_model_and_how_good(served) -> None:
     page = client.get("/", params={"q": "a dog on the beach", "k": 4})
     assert page.status_code == 200 and page.text.count('class="thumb"') == 4
     assert run.name in page.text and "R@10" in page.text and "median" in page.text
+    assert f"{health['items']} images ({health['collection']})" in page.text  # not a template's view of dict.items
     empty = client.get("/", params={"q": ""})
     assert empty.status_code == 400 and "the query is empty" in empty.text
     image_id = client.get("/api/text-to-images", params={"q": "dog", "k": 1}).json()["hits"][0]["id"]
