@@ -22,8 +22,8 @@ from prefect import tags
 
 from flows.config_flags import add_section_flags, flag_overrides
 from storage.errors import InputError, MissingInputError, WebvseError
-from storage.layout import DataRoot
-from tasks.evaluation import REPORT_DIR, evaluate_run, format_table, model_in_use, run_source
+from storage.layout import REPORT_DIR, DataRoot
+from tasks.evaluation import evaluate_run, format_table, model_in_use, run_source
 from tasks.orchestration import brief_known_errors, shield_temporary_server_from_ctrl_c
 from tasks.pipeline_config import (
     STEP_SECTIONS,

@@ -23,6 +23,16 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STATE_DIR_ENV = "WEBVSE_STATE_DIR"
 
 
+# File and folder names inside the data root that are not DataRoot properties (runs are
+# folders the training step names; these are what every run, index and report folder holds).
+CONFIG_FILE, VOCAB_FILE, METRICS_FILE = "config.json", "vocab.json", "metrics.parquet"  # runs/<run>/
+EVALUATION_FILE = "evaluation.parquet"  # runs/<run>/: the evaluate step's table of each trained stage
+INDEX_DIR = "index"  # runs/<run>/index/<collection>/: the index step's output
+INDEX_ITEMS_FILE, INDEX_CAPTIONS_FILE = "items.parquet", "captions.parquet"
+INDEX_MANIFEST_FILE, INDEX_IVF_FILE = "manifest.json", "ivf.faiss"
+REPORT_DIR = "report"  # runs/report/: the comparison of the last evaluated runs
+EXPERIMENT_DIR = "experiment"  # runs/experiment/: the paper's grid
+VECTORS_FILE = "word_vectors.bin"  # vectors/
 WORLD_DATASET_FILE = "dataset_world.json"  # in <data root>/world/clean/ (and any folder the world generator writes)
 
 

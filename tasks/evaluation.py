@@ -23,15 +23,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 
 from storage.atomic import atomic_write_text
-from storage.checkpoints import CheckpointStore
+from storage.checkpoints import MANIFEST_NAME, CheckpointStore
 from storage.errors import MissingInputError
-from storage.layout import DataRoot
+from storage.layout import CONFIG_FILE, EVALUATION_FILE, METRICS_FILE, REPORT_DIR, VOCAB_FILE, DataRoot
 from storage.tables import CLEAN_IMAGES, RUN_EVALUATION, RUN_METRICS, read_table, write_table
 from tasks.features import unreadable_images
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import EvaluateConfig
 from tasks.report import RankedQueries, artifact_table, plot_recall_curves, plot_training, retrieval_examples
-from tasks.training import METRICS_FILE, VOCAB_FILE, read_run_config
+from tasks.training import read_run_config
 from tasks.training_data import DataSource, load_split, read_split
 from webvse_model.data import CaptionedImages
 from webvse_model.inference import embed_split
@@ -39,9 +39,7 @@ from webvse_model.metrics import retrieval_ranks, run_protocol
 from webvse_model.text import Vocabulary
 from webvse_model.train import load_model, pick_device
 
-EVALUATION_FILE = "evaluation.parquet"
 STAGES = ("stage1", "stage2")
-REPORT_DIR = "report"  # <data root>/runs/report: the comparison of the last evaluated runs
 
 
 @dataclass(frozen=True)
@@ -202,7 +200,7 @@ def model_in_use(root: DataRoot) -> Path | None:
         return None
     recorded = json.loads(root.in_use_file.read_text(encoding="utf-8"))
     run = Path(os.path.normpath(root.runs_dir / recorded["run"]))
-    if not (run / "config.json").is_file():
+    if not (run / CONFIG_FILE).is_file():
         raise MissingInputError(
             f"{root.in_use_file} names {run}, which is not a run folder any more: 'webvse rollback --to RUN' sets another"
         )
@@ -246,7 +244,7 @@ def artifact_suffix(root: DataRoot) -> str:
 def _evaluation_reads(inputs: dict[str, Any]) -> list[Path]:
     root = root_of(inputs)
     runs = inputs["runs"] or (latest_runs(root) if root.runs_dir.is_dir() else {})
-    manifests = [Path(run) / stage / "checkpoints.json" for run in runs.values() for stage in STAGES]
+    manifests = [Path(run) / stage / MANIFEST_NAME for run in runs.values() for stage in STAGES]
     pointer = [root.latest_runs_file, root.in_use_file] if inputs["runs"] is None else []  # which runs, when not given
     return [root.clean_images, root.clean_captions, *pointer, *manifests]
 

@@ -27,8 +27,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
 from storage.atomic import atomic_write_text
+from storage.checkpoints import MANIFEST_NAME
 from storage.errors import InputError
-from storage.layout import DataRoot
+from storage.layout import EXPERIMENT_DIR, DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, KEYWORDS, read_table
 from tasks.evaluation import artifact_suffix, embedded_stages, run_source
 from tasks.keywords import image_dummy_tags
@@ -45,7 +46,6 @@ VARIANT_NAMES = {
     "stage2-nocurriculum": "+ Stage II, no curriculum",
     "stage2-curriculum": "+ Stage II, curriculum",
 }
-EXPERIMENT_DIR = "experiment"
 WEB_FRACTION_PREFIX = "stage2-web"
 
 
@@ -356,7 +356,7 @@ def report_experiment(root: DataRoot, runs: list[GridRun], settings: EvaluateCon
 
 def _experiment_reads(inputs: dict[str, Any]) -> list[Path]:
     root = root_of(inputs)
-    manifests = [Path(r["run_dir"]) / r["stage"] / "checkpoints.json" for r in inputs["runs"]]
+    manifests = [Path(r["run_dir"]) / r["stage"] / MANIFEST_NAME for r in inputs["runs"]]
     return [root.clean_images, root.clean_captions, root.keywords, *manifests]
 
 

@@ -25,14 +25,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 
 from storage.atomic import atomic_write_text
+from storage.checkpoints import MANIFEST_NAME
 from storage.errors import InputError
-from storage.layout import DataRoot
+from storage.layout import CONFIG_FILE, REPORT_DIR, VOCAB_FILE, DataRoot
 from storage.tables import CRAWL_NIGHTS, MODELS, WEB_PHOTOS, read_table, write_table
-from tasks.evaluation import REPORT_DIR, artifact_suffix, model_in_use, run_source
+from tasks.evaluation import artifact_suffix, model_in_use, run_source
 from tasks.orchestration import pipeline_task, step_logger
 from tasks.pipeline_config import PromoteConfig
 from tasks.report import plot_nights
-from tasks.training import VOCAB_FILE, final_stage_store
+from tasks.training import final_stage_store
 from tasks.training_data import load_split
 from webvse_model.inference import evaluate_split
 from webvse_model.text import Vocabulary
@@ -129,7 +130,7 @@ def rollback(root: DataRoot, to: str | Path | None = None, log: Callable[[str], 
     current = model_in_use(root)
     if to is not None:
         target = Path(to) if Path(to).is_absolute() else root.runs_dir / to
-        if not (target / "config.json").is_file():
+        if not (target / CONFIG_FILE).is_file():
             raise InputError(f"{target} is not a run folder of {root.runs_dir}")
         final_stage_store(target)  # a run with no trained model cannot be in use
     else:
@@ -168,7 +169,7 @@ def test_rsum_of(records: list[dict[str, Any]], label: str) -> float | None:
 def _promotion_reads(inputs: dict[str, Any]) -> list[Path]:
     """A candidate is decided on once: not ``in_use.json``, which the decision itself (or a
     rollback, a person's decision that a rerun must not undo) changes."""
-    return [final_stage_store(inputs["candidate"]).folder / "checkpoints.json"]
+    return [final_stage_store(inputs["candidate"]).folder / MANIFEST_NAME]
 
 
 @pipeline_task("promote", ("tasks.promotion", "tasks.evaluation", "webvse_model"), reads=_promotion_reads)

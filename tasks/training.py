@@ -22,14 +22,14 @@ import pandas as pd
 import torch
 
 from storage.atomic import atomic_write_text
-from storage.checkpoints import CheckpointStore
+from storage.checkpoints import MANIFEST_NAME, CheckpointStore
 from storage.errors import InputError, MissingInputError
 from storage.fingerprint import fingerprint
+from storage.layout import CONFIG_FILE, METRICS_FILE, VECTORS_FILE, VOCAB_FILE
 from storage.tables import RUN_METRICS, read_table, write_table
 from tasks.orchestration import attempt_number, pipeline_task, root_of, step_logger
 from tasks.pipeline_config import TrainConfig
 from tasks.training_data import DataSource, load_split, load_web, read_split
-from tasks.word_vectors import VECTORS_FILE
 from webvse_model.data import CurriculumSchedule
 from webvse_model.encoders import JointEmbedding, ModelConfig
 from webvse_model.text import Vocabulary, tokenize
@@ -43,8 +43,6 @@ from webvse_model.train import (
     pick_device,
     stage2_defaults,
 )
-
-CONFIG_FILE, VOCAB_FILE, METRICS_FILE = "config.json", "vocab.json", "metrics.parquet"
 
 
 @dataclass(frozen=True)
@@ -209,10 +207,10 @@ def _training_reads(inputs: dict[str, Any]) -> list[Path]:
         paths += [
             root.web_photos,
             root.features_dir(source.feature_model),
-            Path(inputs["stage1_run"]) / "stage1" / "checkpoints.json",
+            Path(inputs["stage1_run"]) / "stage1" / MANIFEST_NAME,
         ]
     if inputs.get("start_from"):
-        paths += [final_stage_store(inputs["start_from"]).folder / "checkpoints.json"]
+        paths += [final_stage_store(inputs["start_from"]).folder / MANIFEST_NAME]
     return paths
 
 
@@ -251,7 +249,7 @@ _TRAINING_MODULES = ("tasks.training", "tasks.training_data", "webvse_model")
 def _stage_outputs(run: Path, stage: str) -> list[Path]:
     """A stage's outputs: its checkpoint manifest (sha256 of every checkpoint). Not the run
     folder: the evaluation adds plots and tables there without changing what was trained."""
-    return [run / stage / "checkpoints.json"]
+    return [run / stage / MANIFEST_NAME]
 
 
 @pipeline_task(
@@ -323,7 +321,7 @@ def continuable(model_run: Path, stage1_run: Path, log: Callable[[str], None]) -
     A model can only be continued on the data and word space it was trained in: after the
     clean data, Stage I's settings or the word vectors change, Stage I is trained anew and
     Stage II starts from it."""
-    same = (model_run / "stage1" / "checkpoints.json").read_bytes() == (stage1_run / "stage1" / "checkpoints.json").read_bytes()
+    same = (model_run / "stage1" / MANIFEST_NAME).read_bytes() == (stage1_run / "stage1" / MANIFEST_NAME).read_bytes()
     if same:
         log(f"stage2: continuing the model in use ({model_run.name})")
         return model_run

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from storage.errors import InputError
-from storage.layout import DataRoot
+from storage.layout import VECTORS_FILE, DataRoot
 from storage.tables import (
     CLEAN_CAPTIONS,
     CLEAN_IMAGES,
@@ -31,7 +31,7 @@ from storage.tables import (
 )
 from tasks.features import unreadable_images
 from tasks.keywords import union_in_order
-from tasks.word_vectors import VECTORS_FILE, load_keyed_vectors, tag_features
+from tasks.word_vectors import load_keyed_vectors, tag_features
 from webvse_model.data import CaptionedImages, WebPairs, pad_token_ids
 from webvse_model.datasets.precomp import PRECOMP_WEB_FILES, read_precomp_split, read_precomp_web
 from webvse_model.text import Vocabulary, tokenize

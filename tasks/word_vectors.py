@@ -26,7 +26,7 @@ from gensim.models import KeyedVectors, Word2Vec
 
 from storage.atomic import atomic_write_path
 from storage.errors import InputError, MissingInputError
-from storage.layout import DataRoot
+from storage.layout import VECTORS_FILE, DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, WEB_PHOTOS, read_table
 from tasks.keywords import group_key
 from tasks.orchestration import pipeline_task, root_of, step_logger
@@ -34,8 +34,6 @@ from tasks.pipeline_config import VectorsConfig
 from tasks.text_backends import STOP_WORDS, lemma_of_tag
 from webvse_model.datasets.flickr8k import read_flickr8k_captions
 from webvse_model.text import tokenize
-
-VECTORS_FILE = "word_vectors.bin"
 
 
 @dataclass(frozen=True)

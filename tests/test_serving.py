@@ -22,8 +22,9 @@ from pipeline_support import tiny_config
 
 from flows.pipeline import webvse
 from storage.errors import InputError
+from storage.layout import INDEX_IVF_FILE
 from tasks.serving.app import MAX_BODY_BYTES, create_app
-from tasks.serving.index import IVF_FILE, build_index, index_dir, index_is_current
+from tasks.serving.index import build_index, index_dir, index_is_current
 from tasks.serving.index_settings import IndexSettings
 from tasks.serving.retrieval import MAX_DEPTH, MAX_K, Retriever, StaleIndexError
 from tasks.serving.vector_search import VectorSearch
@@ -210,7 +211,7 @@ def test_an_approximate_index_measures_its_recall_against_exact_search(served) -
         run, IndexSettings(collection="web", approximate="approximate", nprobe=64), device="cpu", log=lambda _: None
     )
     folder = index_dir(run, "web")
-    assert manifest["search"] == "approximate (faiss IVF)" and (folder / IVF_FILE).is_file()
+    assert manifest["search"] == "approximate (faiss IVF)" and (folder / INDEX_IVF_FILE).is_file()
     assert manifest["recall_at_10_vs_exact"] == 1.0  # nprobe 64 >= its sqrt(N) clusters: every list is scanned
     web = Retriever.open(folder, device="cpu")
     vector, _ = web.encode_text("a dog")

@@ -29,8 +29,18 @@ import numpy as np
 import pandas as pd
 
 from storage.atomic import atomic_write_text
+from storage.checkpoints import MANIFEST_NAME
 from storage.errors import MissingInputError
-from storage.layout import DataRoot
+from storage.layout import (
+    EVALUATION_FILE,
+    INDEX_CAPTIONS_FILE,
+    INDEX_DIR,
+    INDEX_ITEMS_FILE,
+    INDEX_IVF_FILE,
+    INDEX_MANIFEST_FILE,
+    VOCAB_FILE,
+    DataRoot,
+)
 from storage.tables import (
     CLEAN_CAPTIONS,
     CLEAN_IMAGES,
@@ -44,22 +54,20 @@ from storage.tables import (
     read_table,
     write_table,
 )
-from tasks.evaluation import EVALUATION_FILE, model_in_use, run_source
+from tasks.evaluation import model_in_use, run_source
 from tasks.features import FeatureSettings, compute_features
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import IndexConfig
 from tasks.serving.collection import collection_items, collection_name
 from tasks.serving.index_settings import IndexSettings
 from tasks.serving.vector_search import VectorSearch
-from tasks.training import VOCAB_FILE, final_stage_store
+from tasks.training import final_stage_store
 from webvse_model.cnn import encoder_of_features
 from webvse_model.data import pad_token_ids
 from webvse_model.inference import embed_captions, embed_images
 from webvse_model.text import Vocabulary, tokenize
 from webvse_model.train import load_model, pick_device
 
-INDEX_DIR = "index"
-ITEMS_FILE, CAPTIONS_FILE, MANIFEST_FILE, IVF_FILE = "items.parquet", "captions.parquet", "manifest.json", "ivf.faiss"
 SHOWN_METRICS = ("i2t_r1", "i2t_r10", "t2i_r1", "t2i_r10", "rsum")
 
 
@@ -145,12 +153,12 @@ def build_index(
     recall = search.recall_against_exact(sample[picks], 10)
     folder = index_dir(run, settings.collection, settings.folder)
     dim = embeddings.shape[1]
-    write_table(folder / ITEMS_FILE, items.assign(embedding=list(embeddings)), index_items_schema(dim))
-    write_table(folder / CAPTIONS_FILE, bank.assign(embedding=list(caption_vectors)), index_captions_schema(dim))
+    write_table(folder / INDEX_ITEMS_FILE, items.assign(embedding=list(embeddings)), index_items_schema(dim))
+    write_table(folder / INDEX_CAPTIONS_FILE, bank.assign(embedding=list(caption_vectors)), index_captions_schema(dim))
     if search.approximate:
-        search.save_ivf(folder / IVF_FILE)
+        search.save_ivf(folder / INDEX_IVF_FILE)
     else:
-        (folder / IVF_FILE).unlink(missing_ok=True)
+        (folder / INDEX_IVF_FILE).unlink(missing_ok=True)
     manifest = {
         "run": run.name, "run_dir": str(run), "stage": stage, "checkpoint_sha256": checkpoint,
         "collection": collection_name(settings.collection, settings.folder), "folder": settings.folder,
@@ -160,7 +168,7 @@ def build_index(
         "recall_at_10_vs_exact": recall, "test_metrics": test_metrics(run, stage),
         "build_seconds": round(time.perf_counter() - started, 2), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
-    atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=2))
+    atomic_write_text(folder / INDEX_MANIFEST_FILE, json.dumps(manifest, indent=2))
     log(
         f"index: {len(items)} {manifest['collection']} images and {len(bank)} captions with {run.name}/{stage} "
         f"({manifest['search']}, recall@10 vs exact {recall:.3f}) in {manifest['build_seconds']:.1f}s -> {folder}"
@@ -169,7 +177,7 @@ def build_index(
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST_FILE
+    path = folder / INDEX_MANIFEST_FILE
     if not path.is_file():
         raise MissingInputError(f"no index in {folder}: build it with 'webvse index' (or a pipeline run, whose last step it is)")
     return dict(json.loads(path.read_text(encoding="utf-8")))
@@ -191,7 +199,7 @@ def _index_reads(inputs: dict[str, Any]) -> list[Path]:
     root = root_of(inputs)
     run = index_run(root, inputs["run"]) if inputs["run"] or root.runs_dir.is_dir() else None
     settings: IndexConfig = inputs["settings"]
-    model = [run / stage / "checkpoints.json" for stage in ("stage1", "stage2")] + [run / EVALUATION_FILE] if run else []
+    model = [run / stage / MANIFEST_NAME for stage in ("stage1", "stage2")] + [run / EVALUATION_FILE] if run else []
     collection = {"web": [root.web_photos], "folder": [Path(settings.folder or ".")]}.get(settings.collection, [])
     pointer = [root.in_use_file] if not inputs["run"] else []  # which run, when not given
     return [*model, *pointer, root.clean_images, root.clean_captions, *collection]
@@ -210,6 +218,6 @@ def index_step(root: str, run: str | None, settings: IndexConfig, device: str = 
 
 def index_is_current(folder: Path, run: Path) -> bool:
     """Whether ``folder`` holds an index built with the run's model as it is now."""
-    if not (folder / MANIFEST_FILE).is_file():
+    if not (folder / INDEX_MANIFEST_FILE).is_file():
         return False
     return bool(read_manifest(folder)["checkpoint_sha256"] == model_checkpoint(run)[1])

@@ -29,11 +29,12 @@ import torch
 from PIL import Image
 
 from storage.errors import InputError, MissingInputError, WebvseError
+from storage.layout import INDEX_CAPTIONS_FILE, INDEX_ITEMS_FILE, INDEX_IVF_FILE, VOCAB_FILE
 from storage.tables import index_captions_schema, index_items_schema, read_arrow, vectors_matrix
 from tasks.features import decode_rgb
-from tasks.serving.index import CAPTIONS_FILE, ITEMS_FILE, IVF_FILE, model_checkpoint, read_manifest
+from tasks.serving.index import model_checkpoint, read_manifest
 from tasks.serving.vector_search import Neighbours, VectorSearch
-from tasks.training import VOCAB_FILE, final_stage_store
+from tasks.training import final_stage_store
 from webvse_model.cnn import build_encoder, cnn_features, encoder_of_features
 from webvse_model.encoders import JointEmbedding
 from webvse_model.inference import embed_captions
@@ -110,9 +111,9 @@ class LoadedIndex:
     def read(cls, folder: Path, nprobe: int | None = None) -> LoadedIndex:
         manifest = read_manifest(folder)
         dim = int(manifest["dim"])
-        items = read_arrow(folder / ITEMS_FILE, index_items_schema(dim))
-        captions = read_arrow(folder / CAPTIONS_FILE, index_captions_schema(dim))
-        ivf = folder / IVF_FILE
+        items = read_arrow(folder / INDEX_ITEMS_FILE, index_items_schema(dim))
+        captions = read_arrow(folder / INDEX_CAPTIONS_FILE, index_captions_schema(dim))
+        ivf = folder / INDEX_IVF_FILE
         images = VectorSearch.load(
             vectors_matrix(items, "embedding", dim), ivf if ivf.is_file() else None, nprobe or int(manifest["settings"]["nprobe"])
         )
