@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,6 +261,26 @@ def feature_dim(folder: str | Path) -> int:
     if not isinstance(field_type, pa.FixedSizeListType):
         raise TableError(f"{shards[0]}: 'feature' is {field_type}, expected a fixed-size list of float32")
     return int(field_type.list_size)
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    """A features folder read whole: the row of each image (by sha256) in ``matrix``."""
+
+    row_of: dict[str, int]
+    matrix: np.ndarray  # [rows, dim] float32
+
+    def rows(self, sha256: Iterable[str]) -> np.ndarray:
+        """The features of these images, in this order (each must have a row: filter with ``row_of``)."""
+        return self.matrix[[self.row_of[sha] for sha in sha256]]
+
+
+def read_features(folder: str | Path) -> FeatureRows:
+    """Every feature row of a shard folder, keyed by image sha256: what training, evaluation and
+    the index look their images' features up in."""
+    dim = feature_dim(folder)
+    table = read_shards(folder, feature_schema(dim))
+    return FeatureRows({sha: i for i, sha in enumerate(table.column("sha256").to_pylist())}, features_matrix(table, dim))
 
 
 FLICKR_CORPUS = TableSchema(

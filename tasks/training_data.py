@@ -23,10 +23,7 @@ from storage.tables import (
     CLEAN_CAPTIONS,
     CLEAN_IMAGES,
     WEB_PHOTOS,
-    feature_dim,
-    feature_schema,
-    features_matrix,
-    read_shards,
+    read_features,
     read_table,
 )
 from tasks.features import unreadable_images
@@ -86,16 +83,14 @@ def _parquet_split(source: DataSource, split: str, grouped: bool) -> RawSplit:
     if images.empty:
         raise InputError(f"{root.clean_images} has no images in split {split!r}")
     folder = root.features_dir(source.feature_model)
-    table = read_shards(folder, feature_schema(feature_dim(folder)))
-    row_of = {sha: i for i, sha in enumerate(table.column("sha256").to_pylist())}
+    found = read_features(folder)
     images, left_out = _without_unreadable(images, root, source, split)
-    missing = images.loc[~images["sha256"].isin(row_of), "path"].tolist()
+    missing = images.loc[~images["sha256"].isin(found.row_of), "path"].tolist()
     if missing:
         raise InputError(
             f"{len(missing)} images of split {split!r} have no features in {folder} (first: {missing[0]}); run the features step"
         )
-    matrix = features_matrix(table, feature_dim(folder))
-    features = matrix[[row_of[sha] for sha in images["sha256"]]]
+    features = found.rows(images["sha256"])
     captions = read_table(root.clean_captions, CLEAN_CAPTIONS)
     index_of = {image_id: i for i, image_id in enumerate(images["image_id"])}
     captions = captions[captions["image_id"].isin(index_of)].copy()
@@ -190,14 +185,13 @@ def load_web(source: DataSource, fraction: float = 1.0) -> WebPairs | None:
     if fraction < 1:
         photos = photos[web_subset(photos["sha256"], fraction)].reset_index(drop=True)
     folder = root.features_dir(source.feature_model)
-    table = read_shards(folder, feature_schema(feature_dim(folder)))
-    row_of = {sha: i for i, sha in enumerate(table.column("sha256").to_pylist())}
-    photos = photos[photos["sha256"].isin(row_of)].reset_index(drop=True)
+    found = read_features(folder)
+    photos = photos[photos["sha256"].isin(found.row_of)].reset_index(drop=True)
     tags = tag_features([list(t) for t in photos["english_tags"]], load_keyed_vectors(vectors_file))
     usable = np.flatnonzero(tags.has_vector)
     if len(usable) == 0:
         return None
-    features = features_matrix(table, feature_dim(folder))[[row_of[photos["sha256"][i]] for i in usable]]
+    features = found.rows(photos["sha256"].iloc[usable])
     share = f", {fraction:.0%} of the kept photos" if fraction < 1 else ""
     name = f"{root.web_photos} ({len(usable)} pairs{share}; {tags.excluded} photos without a known tag left out)"
     return WebPairs(features, tags.vectors[usable], photos["keyword_rank"].to_numpy()[usable], name=name)

@@ -192,13 +192,12 @@ def test_sigkill_then_rerun_ends_with_the_same_set_and_no_secret_anywhere(tmp_pa
     key = "sekrit-KEY-4242"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLICKR_API_KEY": key, "FLICKR_API_SECRET": "sekrit-SECRET-77"}
     logs = []
-    straight = subprocess.run(
-        [sys.executable, "-c", CRAWL_SCRIPT, str(straight_root.root), str(corpus), key],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+
+    def crawl(root: DataRoot) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", CRAWL_SCRIPT, str(root.root), str(corpus), key]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+
+    straight = crawl(straight_root)
     logs.append(straight.stdout + straight.stderr)
 
     victim = subprocess.Popen([sys.executable, "-c", CRAWL_SCRIPT, str(killed_root.root), str(corpus), key], env=env,
@@ -211,13 +210,7 @@ def test_sigkill_then_rerun_ends_with_the_same_set_and_no_secret_anywhere(tmp_pa
     assert victim.poll() is None, "the crawl finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
     logs.append(victim.communicate()[0])
-    rerun = subprocess.run(
-        [sys.executable, "-c", CRAWL_SCRIPT, str(killed_root.root), str(corpus), key],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    rerun = crawl(killed_root)
     logs.append(rerun.stdout + rerun.stderr)
 
     assert _kept(killed_root) == _kept(straight_root)

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage.errors import InputError, MissingInputError, WebvseError
-from tasks.serving.retrieval import MAX_DEPTH, MAX_K, MAX_UPLOAD_BYTES, Answer, Retriever, preview_data_uri
+from tasks.serving.retrieval import MAX_DEPTH, MAX_K, MAX_UPLOAD_BYTES, Answer, ImageHit, Retriever, preview_data_uri
 
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024  # the image and the form around it
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -97,7 +97,7 @@ def _status(problem: WebvseError) -> int:
 def _answer_json(answer: Answer) -> dict[str, Any]:
     data = {key: value for key, value in vars(answer).items() if key != "hits"}
     data["score_range"] = {"min": data.pop("score_min"), "median": data.pop("score_median"), "max": data.pop("score_max")}
-    data["hits"] = [vars(hit) | ({"image_url": f"/images/{hit.id}"} if hasattr(hit, "source") else {}) for hit in answer.hits]
+    data["hits"] = [vars(hit) | ({"image_url": f"/images/{hit.id}"} if isinstance(hit, ImageHit) else {}) for hit in answer.hits]
     return data
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from storage.checkpoints import sha256_file
 from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, WEB_PHOTOS, read_table
@@ -37,14 +38,6 @@ def collection_name(collection: str, folder: str | None = None) -> str:
     return f"folder-{slug}-{hashlib.sha256(str(where).encode()).hexdigest()[:8]}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def folder_images(folder: str | Path) -> pd.DataFrame:
     """``sha256, path`` of the image files under ``folder`` (recursively, by suffix), each content once."""
     where = Path(folder).resolve()
@@ -53,7 +46,7 @@ def folder_images(folder: str | Path) -> pd.DataFrame:
     files = sorted(p for p in where.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise MissingInputError(f"{where} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    frame = pd.DataFrame({"sha256": [_sha256(p) for p in files], "path": [str(p) for p in files]})
+    frame = pd.DataFrame({"sha256": [sha256_file(p) for p in files], "path": [str(p) for p in files]})
     return frame.drop_duplicates("sha256").reset_index(drop=True)
 
 

@@ -45,12 +45,9 @@ from storage.tables import (
     CLEAN_CAPTIONS,
     CLEAN_IMAGES,
     RUN_EVALUATION,
-    feature_dim,
-    feature_schema,
-    features_matrix,
     index_captions_schema,
     index_items_schema,
-    read_shards,
+    read_features,
     read_table,
     write_table,
 )
@@ -97,12 +94,11 @@ def test_metrics(run: str | Path, stage: str) -> dict[str, Any] | None:
 def _features(root: DataRoot, feature_model: str, items: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """The items that have a feature row (others could not be decoded), and their features."""
     folder = root.features_dir(feature_model)
-    table = read_shards(folder, feature_schema(feature_dim(folder)))
-    row_of = {sha: i for i, sha in enumerate(table.column("sha256").to_pylist())}
-    kept = items[items["sha256"].isin(row_of)].reset_index(drop=True)
+    found = read_features(folder)
+    kept = items[items["sha256"].isin(found.row_of)].reset_index(drop=True)
     if kept.empty:
         raise MissingInputError(f"none of the {len(items)} images to index has features in {folder}: run the features step")
-    return kept, features_matrix(table, feature_dim(folder))[[row_of[s] for s in kept["sha256"]]]
+    return kept, found.rows(kept["sha256"])
 
 
 def _caption_bank(root: DataRoot) -> pd.DataFrame:

@@ -57,7 +57,7 @@ class VectorSearch:
         if ivf is not None:
             ivf.nprobe = nprobe
         step = max(1, len(self.vectors) // SCORE_SAMPLE)
-        self._sample = self.vectors[::step] if ivf is not None else self.vectors
+        self._sample = self.vectors[::step]  # the score range of an approximate index
 
     @property
     def approximate(self) -> bool:
@@ -99,22 +99,19 @@ class VectorSearch:
         if self.ivf is not None:
             scores, rows = self.ivf.search(q, k)
             return scores, rows.astype(np.int64)
-        all_scores = q @ self.vectors.T
-        if k < all_scores.shape[1]:
-            part = np.argpartition(-all_scores, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(all_scores.shape[1]), all_scores.shape)
-        part_scores = np.take_along_axis(all_scores, part, axis=1)
-        # best first; equal scores: the lower row first (a stable, documented order)
-        order = np.lexsort((part, -part_scores), axis=1)
-        rows = np.take_along_axis(part, order, axis=1)
-        return np.take_along_axis(all_scores, rows, axis=1), rows.astype(np.int64)
+        return _top_k(q @ self.vectors.T, k)
 
     def neighbours(self, query: np.ndarray, k: int) -> Neighbours:
-        """The top ``k`` of one query and its score range (over every item, or a fixed sample of
-        ``SCORE_SAMPLE`` items on an approximate index, which never scores them all)."""
-        scores, rows = self.search(query[None, :], k)
-        spread = self._sample @ np.asarray(query, dtype=np.float32)
+        """The top ``k`` of one query and its score range: over every item from the one product
+        exact search computes anyway, or over a fixed sample of ``SCORE_SAMPLE`` items on an
+        approximate index, which never scores them all."""
+        q = np.asarray(query, dtype=np.float32)
+        if self.ivf is None:
+            spread = self.vectors @ q
+            scores, rows = _top_k(spread[None, :], min(k, len(self.vectors)))
+        else:
+            scores, rows = self.search(q[None, :], k)
+            spread = self._sample @ q
         valid = rows[0] >= 0  # faiss pads with -1 when its probed lists hold fewer than k
         return Neighbours(rows[0][valid], scores[0][valid], float(spread.min()), float(np.median(spread)), float(spread.max()))
 
@@ -126,3 +123,14 @@ class VectorSearch:
         _, exact = VectorSearch(self.vectors).search(queries, k)
         hits = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact)]
         return float(np.mean(hits) / min(k, len(self.vectors)))
+
+
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` best ``(scores, columns)``, best first; equal scores: the lower column first."""
+    if k < scores.shape[1]:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
+    rows = np.take_along_axis(part, order, axis=1)
+    return np.take_along_axis(scores, rows, axis=1), rows.astype(np.int64)
