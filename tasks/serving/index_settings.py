@@ -19,7 +19,7 @@ class IndexSettings:
     collection: str = "test"  # test | clean | web | folder
     folder: str | None = None  # with collection "folder": the user's photos
     approximate: Approximate = "auto"  # auto: faiss IVF from `approximate_from` items on, exact below
-    approximate_from: int = 100_000  # exact: 51 ms p50 through the API at 100K x 1,024, 310 ms at 1M (IVF: 16 / 20 ms)
+    approximate_from: int = 100_000  # exact: 29 ms p50 through the API at 100K x 1,024, 155 ms at 1M (IVF: 14 / 21 ms)
     nprobe: int = 32  # IVF clusters scanned per query: recall against speed (recall@10 is measured at build)
     recall_queries: int = 200  # sample queries for the measured recall@10 of an approximate index
 
