@@ -23,8 +23,9 @@ import torch
 
 from storage.layout import DataRoot
 from tasks.features import FeatureSettings, compute_features, load_rgb
-from webvse_model.cnn import DEFAULT_ENCODER, build_encoder
+from webvse_model.cnn import build_encoder
 from webvse_model.precision import cpu_has_native_bf16
+from webvse_model.settings import DEFAULT_ENCODER
 from webvse_world.clean import CleanSizes, generate_clean_dataset
 
 

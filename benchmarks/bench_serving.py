@@ -50,7 +50,8 @@ def serve(vectors: np.ndarray, approximate: bool, dim: int, port: int, ready: An
     from tasks.serving.app import create_app
     from tasks.serving.retrieval import LoadedIndex, Retriever
     from tasks.serving.vector_search import VectorSearch
-    from webvse_model.encoders import JointEmbedding, ModelConfig
+    from webvse_model.encoders import JointEmbedding
+    from webvse_model.settings import ModelConfig
     from webvse_model.text import SPECIAL_TOKENS, Vocabulary
 
     torch.manual_seed(0)

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from webvse_model.data import CaptionedImages, caption_batch, pad_token_ids
-from webvse_model.encoders import JointEmbedding, ModelConfig
+from webvse_model.encoders import JointEmbedding
 from webvse_model.losses import ranking_loss
 from webvse_model.precision import cpu_has_native_bf16
-from webvse_model.train import StageConfig, Trainer
+from webvse_model.settings import ModelConfig, StageConfig
+from webvse_model.train import Trainer
 
 
 def median_time(fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> float:

@@ -45,8 +45,7 @@ from tasks.training import RunSettings, run_settings, train_run
 from tasks.training_data import DataSource, has_web_data
 from tasks.world import Faults, advance_clock, import_mirflickr, serve_corpus
 from webvse_model.datasets.flickr8k import flickr8k_to_karpathy
-from webvse_model.metrics import PROTOCOLS
-from webvse_model.precision import PRECISIONS
+from webvse_model.settings import PRECISIONS, PROTOCOLS
 
 STEP_HELP: dict[str, str] = {
     "world": "generate the offline world: captioned images + a Flickr corpus ('--next-night' reveals a day of uploads)",

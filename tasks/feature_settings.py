@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from webvse_model.cnn import DEFAULT_ENCODER
+from webvse_model.settings import DEFAULT_ENCODER
 
 
 @dataclass(frozen=True)

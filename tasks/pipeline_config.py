@@ -23,12 +23,18 @@ from tasks.serving.collection import COLLECTIONS
 from tasks.serving.index_settings import Approximate, IndexSettings
 from tasks.text_backends import DEFAULT_BACKEND, DEFAULT_SPACY_MODEL
 from webvse_model.cnn import ENCODERS
-from webvse_model.data import CurriculumSchedule
-from webvse_model.encoders import ModelConfig
-from webvse_model.losses import LOSS_VARIANTS, LossVariant
-from webvse_model.metrics import PROTOCOLS
-from webvse_model.precision import Precision
-from webvse_model.train import STAGE2_EPOCHS, STAGE2_LR_FACTOR, ConfigError, StageConfig
+from webvse_model.settings import (
+    LOSS_VARIANTS,
+    PROTOCOLS,
+    STAGE2_EPOCHS,
+    STAGE2_LR_FACTOR,
+    ConfigError,
+    CurriculumSchedule,
+    LossVariant,
+    ModelConfig,
+    Precision,
+    StageConfig,
+)
 
 Step = Literal["world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote", "index"]
 STEPS: tuple[Step, ...] = (

@@ -30,19 +30,10 @@ from storage.tables import RUN_METRICS, read_table, write_table
 from tasks.orchestration import attempt_number, pipeline_task, root_of, step_logger
 from tasks.pipeline_config import TrainConfig
 from tasks.training_data import DataSource, load_split, load_web, read_split
-from webvse_model.data import CurriculumSchedule
-from webvse_model.encoders import JointEmbedding, ModelConfig
+from webvse_model.encoders import JointEmbedding
+from webvse_model.settings import ConfigError, CurriculumSchedule, ModelConfig, StageConfig, stage2_defaults
 from webvse_model.text import Vocabulary, tokenize
-from webvse_model.train import (
-    ConfigError,
-    EpochRecord,
-    StageConfig,
-    StageResult,
-    Trainer,
-    load_model,
-    pick_device,
-    stage2_defaults,
-)
+from webvse_model.train import EpochRecord, StageResult, Trainer, load_model, pick_device
 
 
 @dataclass(frozen=True)

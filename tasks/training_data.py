@@ -31,8 +31,8 @@ from tasks.keywords import union_in_order
 from tasks.word_vectors import load_keyed_vectors, tag_features
 from webvse_model.data import CaptionedImages, WebPairs, pad_token_ids
 from webvse_model.datasets.precomp import PRECOMP_WEB_FILES, read_precomp_split, read_precomp_web
+from webvse_model.settings import ConfigError
 from webvse_model.text import Vocabulary, tokenize
-from webvse_model.train import ConfigError
 
 SOURCE_KINDS = ("precomp", "parquet")
 

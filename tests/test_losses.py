@@ -63,8 +63,9 @@ def test_bad_arguments_are_named() -> None:
 
 
 def test_vsepp_warmup_uses_the_sum_of_negatives_first() -> None:
-    from webvse_model.encoders import JointEmbedding, ModelConfig
-    from webvse_model.train import StageConfig, Trainer
+    from webvse_model.encoders import JointEmbedding
+    from webvse_model.settings import ModelConfig, StageConfig
+    from webvse_model.train import Trainer
 
     model = JointEmbedding(ModelConfig(image_dim=3, vocab_size=5, embed_dim=3, hidden_dim=3, word_dim=2, gru_hidden=2))
     trainer = Trainer(model, StageConfig(warmup_epochs=2), "/nonexistent-unused", torch.device("cpu"), log=lambda m: None)
@@ -75,8 +76,9 @@ def test_vsepp_warmup_uses_the_sum_of_negatives_first() -> None:
 
 def test_stage2_starts_on_the_configured_loss_without_warmup() -> None:
     """The warm-up protects a random model; Stage II starts from the trained Stage I model."""
-    from webvse_model.encoders import JointEmbedding, ModelConfig
-    from webvse_model.train import StageConfig, Trainer, stage2_defaults
+    from webvse_model.encoders import JointEmbedding
+    from webvse_model.settings import ModelConfig, StageConfig, stage2_defaults
+    from webvse_model.train import Trainer
 
     model = JointEmbedding(ModelConfig(image_dim=3, vocab_size=5, embed_dim=3, hidden_dim=3, word_dim=2, gru_hidden=2))
     stage2 = stage2_defaults(StageConfig(loss="vse++", warmup_epochs=2), epochs=3)

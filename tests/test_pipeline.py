@@ -32,7 +32,7 @@ from tasks.orchestration import StepPlan
 from tasks.pipeline_config import STEPS, load_config
 from webvse_model.cnn import encoder_spec
 from webvse_model.reference_metrics import reference_ranks
-from webvse_model.train import ConfigError
+from webvse_model.settings import ConfigError
 from webvse_world.flickr_server import FlickrServer
 
 EVERY_TASK = {"world", "keywords", "crawl", "features", "vectors", "stage1", "stage2", "evaluate", "promote", "index"}

@@ -13,9 +13,10 @@ import torch
 import webvse_model.train as train_module
 from storage.errors import InputError
 from webvse_model.data import CaptionedImages
-from webvse_model.encoders import JointEmbedding, ModelConfig
+from webvse_model.encoders import JointEmbedding
 from webvse_model.metrics import DirectionMetrics, RetrievalMetrics, evaluate_embeddings, folded, mean_metrics
-from webvse_model.train import StageConfig, Trainer
+from webvse_model.settings import ModelConfig, StageConfig
+from webvse_model.train import Trainer
 
 
 def _distractor_embeddings(distractors: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +145,8 @@ def test_stage_ii_batches_are_drawn_through_the_curriculum(tmp_path: Path) -> No
     """Wrong version: the Trainer draws web batches from every pair whatever the schedule."""
     from dataclasses import replace
 
-    from webvse_model.data import CurriculumSchedule, WebPairs
+    from webvse_model.data import WebPairs
+    from webvse_model.settings import CurriculumSchedule
 
     rng = np.random.default_rng(5)
     ranks = rng.integers(1, 101, size=200)
@@ -263,7 +265,7 @@ def test_each_crawl_filter_at_its_boundary_and_in_the_paper_s_order(case: dict[s
 def test_the_curriculum_s_settings_are_checked_at_their_bounds() -> None:
     """Wrong versions: a curriculum that starts from no keyword at all (fraction 0 draws nothing),
     or one that refuses to start from every keyword (fraction 1) or to grow at once (epoch 0)."""
-    from webvse_model.data import CurriculumSchedule
+    from webvse_model.settings import CurriculumSchedule
 
     for bad in ({"start_fraction": 0.0}, {"start_fraction": 1.01}, {"full_at_epoch": -1}):
         with pytest.raises(InputError, match="curriculum"):
@@ -406,7 +408,7 @@ def test_web_pairs_and_clean_data_are_checked_and_stored_as_the_model_reads_them
 
 def test_the_curriculum_pool_holds_at_least_the_most_frequent_keyword() -> None:
     """Wrong version: a first pool of two keywords when the fraction asks for less than one."""
-    from webvse_model.data import CurriculumSchedule
+    from webvse_model.settings import CurriculumSchedule
 
     ranks = np.array([1, 2, 3, 1, 2, 3])
     pool = CurriculumSchedule(start_fraction=0.1, full_at_epoch=10).pool(ranks, 0)

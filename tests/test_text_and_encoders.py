@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from webvse_model.encoders import JointEmbedding, ModelConfig
+from webvse_model.encoders import JointEmbedding
+from webvse_model.settings import ModelConfig
 from webvse_model.text import Vocabulary, tokenize
 
 

@@ -18,8 +18,8 @@ import torch
 from storage.checkpoints import CheckpointError, CheckpointStore
 from tasks.evaluation import evaluate_run
 from tasks.training import DataSource, RunSettings, train_run
-from webvse_model.data import CurriculumSchedule
-from webvse_model.train import ConfigError, StageConfig, load_model, stage2_defaults
+from webvse_model.settings import ConfigError, CurriculumSchedule, StageConfig, stage2_defaults
+from webvse_model.train import load_model
 
 SMALL = dict(embed_dim=128, hidden_dim=128, gru_hidden=128, word_dim=64, vocab_min_count=1)
 FAST = StageConfig(epochs=10, lr=1e-3, lr_decay_every=100, batch_size=64)

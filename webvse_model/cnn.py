@@ -26,6 +26,7 @@ from torchvision import transforms as T
 
 from storage.errors import InputError, WebvseError
 from webvse_model.precision import feature_precision_suffix
+from webvse_model.settings import ENCODER_SHAPES
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TFLITE_MEAN, TFLITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
@@ -108,12 +109,14 @@ def _torchvision(name: str) -> Callable[[str | None], tuple[nn.Module, nn.Module
     return build
 
 
-ENCODERS: dict[str, EncoderSpec] = {
-    "efficientnet-lite0": EncoderSpec("efficientnet-lite0", 1280, "tflite", _efficientnet_lite0),
-    "resnet152": EncoderSpec("resnet152", 2048, "imagenet", _torchvision("resnet152")),
-    "vgg19": EncoderSpec("vgg19", 4096, "imagenet", _torchvision("vgg19")),
+_BUILDERS: dict[str, Callable[[str | None], tuple[nn.Module, nn.Module | None]]] = {
+    "efficientnet-lite0": _efficientnet_lite0,
+    "resnet152": _torchvision("resnet152"),
+    "vgg19": _torchvision("vgg19"),
 }
-DEFAULT_ENCODER = "efficientnet-lite0"
+ENCODERS: dict[str, EncoderSpec] = {
+    name: EncoderSpec(name, dim, normalisation, _BUILDERS[name]) for name, (dim, normalisation) in ENCODER_SHAPES.items()
+}
 
 
 def encoder_spec(name: str) -> EncoderSpec:

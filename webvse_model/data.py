@@ -129,40 +129,6 @@ class WebPairs:
         return len(self.features)
 
 
-@dataclass(frozen=True)
-class CurriculumSchedule:
-    """Which web pairs an epoch may draw from: frequent keywords first, rare ones later.
-
-    Keywords are ranked by caption frequency (rank 1 = most frequent, the easiest
-    concept). At epoch ``e`` the pool holds the pairs whose keyword rank lies in the
-    first ``fraction(e)`` of all distinct ranks, where ``fraction`` grows linearly
-    from ``start_fraction`` at epoch 0 to 1.0 at epoch ``full_at_epoch`` and stays
-    there. ``enabled=False`` gives the no-curriculum ablation: every pair, every epoch.
-    """
-
-    enabled: bool = True
-    start_fraction: float = 0.3
-    full_at_epoch: int = 5
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.start_fraction <= 1.0:
-            raise InputError(f"curriculum.start_fraction must be in (0, 1], got {self.start_fraction}")
-        if self.full_at_epoch < 0:
-            raise InputError(f"curriculum.full_at_epoch must be >= 0, got {self.full_at_epoch}")
-
-    def fraction(self, epoch: int) -> float:
-        if not self.enabled or self.full_at_epoch == 0:
-            return 1.0
-        step = (1.0 - self.start_fraction) * min(epoch, self.full_at_epoch) / self.full_at_epoch
-        return self.start_fraction + step  # at most 1: step <= 1 - start_fraction
-
-    def pool(self, keyword_rank: np.ndarray, epoch: int) -> np.ndarray:
-        """Indices of the pairs allowed at ``epoch`` (never empty)."""
-        ranks = np.unique(keyword_rank)
-        keep = max(1, int(np.ceil(self.fraction(epoch) * len(ranks))))
-        return np.flatnonzero(keyword_rank <= ranks[keep - 1])
-
-
 def epoch_order(num_items: int, seed: int, epoch: int) -> np.ndarray:
     """The shuffled order of an epoch, a pure function of ``(seed, epoch)``."""
     return np.random.default_rng([seed, epoch]).permutation(num_items)

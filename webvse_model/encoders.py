@@ -10,14 +10,12 @@ similarity the ranking loss and the metrics work on.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from storage.errors import InputError
+from webvse_model.settings import ModelConfig
 
 
 def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -84,30 +82,6 @@ class SentenceEncoder(nn.Module):
         packed = pack_padded_sequence(self.embedding(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, hidden = self.gru(packed)  # hidden[-1] is the state after each sequence's own last token
         return l2_normalise(self.fc(hidden[-1]))
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Sizes of the joint embedding; defaults follow the paper (D=1024, words 300)."""
-
-    image_dim: int
-    vocab_size: int
-    tag_dim: int = 0
-    embed_dim: int = 1024
-    hidden_dim: int = 1024
-    word_dim: int = 300
-    gru_hidden: int = 1024
-    gru_layers: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("image_dim", "vocab_size", "embed_dim", "hidden_dim", "word_dim", "gru_hidden", "gru_layers"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.tag_dim < 0:
-            raise InputError(f"model.tag_dim must be >= 0 (0 = no tag branch), got {self.tag_dim}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class JointEmbedding(nn.Module):

@@ -13,14 +13,10 @@ never counted as negatives: pass ``image_ids``.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from storage.errors import InputError
-
-LossVariant = Literal["vse", "vse++"]
-LOSS_VARIANTS: tuple[LossVariant, ...] = ("vse", "vse++")
+from webvse_model.settings import LOSS_VARIANTS, LossVariant
 
 
 def ranking_loss(

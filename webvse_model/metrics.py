@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from storage.errors import InputError
+from webvse_model.settings import PROTOCOLS
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
-PROTOCOLS: tuple[str, ...] = ("all", "coco-1k", "coco-5k", "f30k-1k")
 _PAIR_BLOCK = 256  # float64 re-checks per block: 2 x 2 MB at D=1024, reused by malloc (8 MB blocks page-fault)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,101 +28,14 @@ import torch
 
 from storage.checkpoints import CheckpointStore
 from storage.errors import InputError
-from webvse_model.data import (
-    CaptionedImages,
-    CurriculumSchedule,
-    WebPairs,
-    batch_slices,
-    caption_batch,
-    epoch_order,
-)
-from webvse_model.encoders import JointEmbedding, ModelConfig
+from webvse_model.data import CaptionedImages, WebPairs, batch_slices, caption_batch, epoch_order
+from webvse_model.encoders import JointEmbedding
 from webvse_model.inference import evaluate_split
-from webvse_model.losses import LOSS_VARIANTS, LossVariant, ranking_loss
+from webvse_model.losses import ranking_loss
 from webvse_model.precision import use_bf16
+from webvse_model.settings import ConfigError, LossVariant, ModelConfig, StageConfig
 
 CHECKPOINT_FORMAT = "webvse-checkpoint-1"
-BRANCHES: tuple[str, ...] = ("image", "sentence", "tag")
-
-
-class ConfigError(InputError):
-    """A configuration value is out of range; the message names the field."""
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    """Hyper-parameters of one training stage (defaults: the paper's Stage I)."""
-
-    name: str = "stage1"
-    epochs: int = 30
-    lr: float = 2e-4
-    lr_decay_every: int = 10
-    lr_decay: float = 0.1
-    batch_size: int = 128
-    grad_clip: float = 2.0
-    loss: LossVariant = "vse++"
-    margin: float = 0.2
-    lambda_sentence: float = 1.0
-    lambda_tag: float = 1.0
-    seed: int = 0
-    warmup_epochs: int = 0  # with vse++: first epochs on the sum of negatives, against early collapse on small data
-    frozen: tuple[str, ...] = ()  # branches ("image", "sentence", "tag") whose weights this stage leaves as they are
-    curriculum: CurriculumSchedule = field(default_factory=CurriculumSchedule)
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                raise ConfigError(f"{self.name}.{name} {rule}, got {getattr(self, name)!r}")
-
-        need(self.epochs >= 1, "epochs", "must be >= 1")
-        need(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number")
-        need(self.lr_decay_every >= 1, "lr_decay_every", "must be >= 1")
-        need(0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1]")
-        need(self.batch_size >= 2, "batch_size", "must be >= 2 (a ranking loss needs negatives)")
-        need(self.grad_clip > 0, "grad_clip", "must be > 0")
-        need(self.loss in LOSS_VARIANTS, "loss", f"must be one of {LOSS_VARIANTS}")
-        need(self.margin >= 0, "margin", "must be >= 0")
-        need(self.lambda_sentence >= 0, "lambda_sentence", "must be >= 0")
-        need(self.lambda_tag >= 0, "lambda_tag", "must be >= 0")
-        need(self.lambda_sentence + self.lambda_tag > 0, "lambda_tag", "and lambda_sentence cannot both be 0")
-        need(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
-        need(set(self.frozen) <= set(BRANCHES), "frozen", f"must name branches among {BRANCHES}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> StageConfig:
-        values = dict(values)
-        if isinstance(values.get("frozen"), list):
-            values["frozen"] = tuple(values["frozen"])
-        if isinstance(values.get("curriculum"), dict):
-            values["curriculum"] = CurriculumSchedule(**values["curriculum"])
-        unknown = set(values) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ConfigError(f"{values.get('name', 'stage')}: unknown settings {sorted(unknown)}")
-        return cls(**values)
-
-
-STAGE2_EPOCHS = 10
-STAGE2_LR_FACTOR = 0.1  # the paper: Stage II at a tenth of Stage I's learning rate
-
-
-def stage2_defaults(
-    stage1: StageConfig,
-    epochs: int = STAGE2_EPOCHS,
-    lr_factor: float = STAGE2_LR_FACTOR,
-    curriculum: CurriculumSchedule | None = None,
-) -> StageConfig:
-    """The paper's Stage II: L_IT only, lr / 10, same loss, margin, clip and batch size.
-
-    No warm-up: it guards a *randomly initialised* VSE++ model against collapse; Stage II starts
-    from the trained Stage I model, where epochs on the sum of negatives would just be another loss.
-    """
-    return replace(
-        stage1, name="stage2", epochs=epochs, lr=stage1.lr * lr_factor, lambda_sentence=0.0, lambda_tag=1.0, warmup_epochs=0,
-        curriculum=curriculum or stage1.curriculum,
-    )  # fmt: skip
 
 
 @dataclass(frozen=True)
