@@ -23,7 +23,7 @@ import pandas as pd
 
 from storage.layout import DataRoot
 from storage.tables import WEB_PHOTOS, write_table
-from tasks.crawl_state import CrawlState
+from tasks.crawling.state import CrawlState
 
 
 def photo(i: int, keyword: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ pre-decoded tensors at the same batch size, channels_last, in bf16 autocast (on 
 without native bf16, the fp32 channels_last forward is the faster one and becomes the
 baseline). fp32 NCHW and fp32 channels_last bare forwards are printed beside it, and the
 cosine of bf16 to fp32 features. End to end reads JPEG files through the DataLoader of
-``tasks.features`` at each precision and worker count. Images: the generated world's, or
+``tasks.imaging.features`` at each precision and worker count. Images: the generated world's, or
 ``--images DIR`` (e.g. ../shared/data/flickr8k/images).
 
     python benchmarks/bench_features.py [--images DIR] [--count 384] [--batch-size 64] [--workers 0 1 2]
@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 
 from storage.layout import DataRoot
-from tasks.features import FeatureSettings, compute_features, load_rgb
+from tasks.imaging.features import compute_features, load_rgb
+from tasks.imaging.settings import FeatureSettings
 from webvse_model.cnn import build_encoder
 from webvse_model.precision import cpu_has_native_bf16
 from webvse_model.settings import DEFAULT_ENCODER

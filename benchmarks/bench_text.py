@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.keywords import analyse_captions, keyword_table
-from tasks.text_backends import SpacyBackend
+from tasks.text.backends import SpacyBackend
+from tasks.text.keywords import analyse_captions, keyword_table
 from webvse_world.concepts import OBJECTS, zipf_weights
 from webvse_world.scenes import captions as world_captions
 from webvse_world.scenes import sample_scene

@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from storage.layout import DataRoot
-from tasks.text_backends import STOP_WORDS, lemma_of_tag
-from tasks.web_tags import (
+from tasks.text.backends import lemma_of_tag
+from tasks.text.stop_words import STOP_WORDS
+from tasks.text.web_tags import (
     CaptionVocabulary,
     WordfreqEnglish,
     english_tag_count,

@@ -15,10 +15,11 @@ from typing import Any
 from prefect import flow
 
 from flows.pipeline import prepare_data, task_runner
-from tasks.experiment import WEB_FRACTION_PREFIX, GridRun, experiment_report_step, grid_settings, loss_slug
 from tasks.orchestration import StepPlan, configured
 from tasks.pipeline_config import PipelineConfig, Step
-from tasks.training import stage1_step, stage2_step
+from tasks.reporting.experiment import WEB_FRACTION_PREFIX, GridRun, grid_settings, loss_slug
+from tasks.steps.experiment import experiment_report_step
+from tasks.steps.training import stage1_step, stage2_step
 
 
 @flow(name="webvse-experiment", task_runner=task_runner(), log_prints=True)

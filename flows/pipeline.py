@@ -10,7 +10,7 @@ from cache, ``refresh=["crawl"]`` re-runs the crawl and what depends on it, and
 night's date joins its cache key) and adds the photos uploaded since the last crawl; Stage
 I stays cached unless the clean data or its settings changed; Stage II continues the model
 in use on the grown web corpus (run ``night-<date>-<fingerprint>``); the promote step
-makes it the model in use only if it validates better (:mod:`tasks.promotion`).
+makes it the model in use only if it validates better (:mod:`tasks.training.promotion`).
 
 The task runner is Prefect's ThreadPoolTaskRunner; ``webvse.with_options(task_runner=
 task_runner("dask", address))`` (``webvse run --task-runner dask``) runs the steps on
@@ -26,18 +26,22 @@ from prefect import flow, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from storage.errors import InputError
-from tasks.crawl_step import crawl_night, crawl_step
-from tasks.evaluation import evaluate_step
-from tasks.features import feature_chunks_step, features_id, features_shard_step, features_step
-from tasks.keywords import keywords_step
+from tasks.data.training_data import DataSource
+from tasks.imaging.features import features_id
 from tasks.orchestration import StepOutcome, StepPlan, configured
 from tasks.pipeline_config import PipelineConfig, Step
-from tasks.promotion import model_in_use, promote_step, test_rsum_of
-from tasks.serving.index import index_step
-from tasks.training import run_settings, stage1_step, stage2_step
-from tasks.training_data import DataSource
-from tasks.word_vectors import vectors_step
-from tasks.world import world_step
+from tasks.reporting.evaluation import model_in_use
+from tasks.steps.crawl import crawl_night, crawl_step
+from tasks.steps.evaluate import evaluate_step
+from tasks.steps.features import feature_chunks_step, features_shard_step, features_step
+from tasks.steps.index import index_step
+from tasks.steps.keywords import keywords_step
+from tasks.steps.promote import promote_step
+from tasks.steps.training import stage1_step, stage2_step
+from tasks.steps.vectors import vectors_step
+from tasks.steps.world import world_step
+from tasks.training.promotion import test_rsum_of
+from tasks.training.runs import run_settings
 
 
 def task_runner(kind: str = "thread", dask_address: str | None = None) -> TaskRunner[Any]:

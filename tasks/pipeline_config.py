@@ -16,14 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from storage.errors import InputError, MissingInputError
 from storage.layout import DataRoot
-from tasks.crawl_config import CrawlConfig, CrawlMode, EnglishRule
-from tasks.feature_settings import FeatureSettings
-from tasks.flickr_client import RetryPolicy
+from tasks.crawling.config import CrawlConfig, CrawlMode, EnglishRule
+from tasks.crawling.flickr_client import RetryPolicy
+from tasks.imaging.settings import FeatureSettings
 from tasks.serving.collection import COLLECTIONS
 from tasks.serving.index_settings import Approximate, IndexSettings
-from tasks.text_backends import DEFAULT_BACKEND, DEFAULT_SPACY_MODEL
-from webvse_model.cnn import ENCODERS
+from tasks.text.backends import DEFAULT_BACKEND, DEFAULT_SPACY_MODEL
 from webvse_model.settings import (
+    ENCODER_SHAPES,
     LOSS_VARIANTS,
     PROTOCOLS,
     STAGE2_EPOCHS,
@@ -116,7 +116,7 @@ class CrawlSettings(Section):
 
 
 class FeaturesConfig(Section):
-    encoder: str = Field(FeatureSettings.encoder, description=f"pretrained CNN, one of {', '.join(sorted(ENCODERS))}")
+    encoder: str = Field(FeatureSettings.encoder, description=f"pretrained CNN, one of {', '.join(sorted(ENCODER_SHAPES))}")
     weights_path: str | None = Field(
         FeatureSettings.weights_path, description="local weights file (resnet152/vgg19 without internet)"
     )
@@ -135,8 +135,8 @@ class FeaturesConfig(Section):
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, value: str) -> str:
-        if value not in ENCODERS:
-            raise InputError(f"must be one of {sorted(ENCODERS)}, got {value!r}")
+        if value not in ENCODER_SHAPES:
+            raise InputError(f"must be one of {sorted(ENCODER_SHAPES)}, got {value!r}")
         return value
 
 

@@ -152,8 +152,8 @@ def test_world_keywords_vectors_commands(tmp_path: Path, capsys: pytest.CaptureF
     import pandas as pd
 
     from storage.tables import KEYWORDS, read_table
-    from tasks.features import features_id
-    from tasks.word_vectors import load_keyed_vectors
+    from tasks.imaging.features import features_id
+    from tasks.text.word_vectors import load_keyed_vectors
 
     root = ["--data-root", str(tmp_path)]
     assert main(["keywords", *root]) == 2  # no world yet: a clear error

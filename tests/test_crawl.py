@@ -17,9 +17,10 @@ from PIL import Image
 
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, CRAWL_PROGRESS, FLICKR_CORPUS, KEYWORDS, WEB_PHOTOS, read_table, write_table
-from tasks.crawl import CrawlConfig, run_crawl
-from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
-from tasks.flickr_client import BadApiKey, Credentials, RetryPolicy
+from tasks.crawling.config import CrawlConfig
+from tasks.crawling.crawler import run_crawl
+from tasks.crawling.downloads import DownloadPolicy, DownloadRefused, download_image
+from tasks.crawling.flickr_client import BadApiKey, Credentials, RetryPolicy
 from webvse_world.flickr_server import DEFAULT_KEY, Faults, FlickrServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +108,7 @@ def test_the_4000_cap_is_passed_with_date_windows(tmp_path: Path) -> None:
 
 
 def _world_root(tmp_path: Path) -> tuple[DataRoot, Path]:
-    from tasks.clean_data import ingest_karpathy
+    from tasks.data.clean_data import ingest_karpathy
     from webvse_world.clean import CleanSizes, generate_clean_dataset
     from webvse_world.concepts import OBJECTS
     from webvse_world.web import WebSizes, generate_web_corpus
@@ -172,9 +173,9 @@ def test_real_flickr_needs_a_key_from_the_environment(monkeypatch: pytest.Monkey
 CRAWL_SCRIPT = """
 import sys
 from storage.layout import DataRoot
-from tasks.crawl import CrawlConfig, run_crawl
-from tasks.flickr_client import Credentials, RetryPolicy
-from tasks.downloads import DownloadPolicy
+from tasks.crawling.crawler import CrawlConfig, run_crawl
+from tasks.crawling.flickr_client import Credentials, RetryPolicy
+from tasks.crawling.downloads import DownloadPolicy
 from webvse_world.flickr_server import FlickrServer
 root, corpus, key = DataRoot.resolve(sys.argv[1]), sys.argv[2], sys.argv[3]
 with FlickrServer(corpus, api_keys={key}) as server:
@@ -228,7 +229,7 @@ def test_sigkill_then_rerun_ends_with_the_same_set_and_no_secret_anywhere(tmp_pa
 
 
 def test_hourly_rate_limit_is_shared_through_its_file(tmp_path: Path) -> None:
-    from tasks.flickr_client import HourlyRateLimit
+    from tasks.crawling.flickr_client import HourlyRateLimit
 
     now = [1000.0]
     slept: list[float] = []

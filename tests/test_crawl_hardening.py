@@ -12,9 +12,10 @@ from test_crawl import FAST, crawled, make_corpus, make_root
 
 from storage.layout import DataRoot
 from storage.locks import ResourceBusy
-from tasks.crawl import CrawlConfig, run_crawl
-from tasks.downloads import DownloadPolicy, DownloadRefused, download_image
-from tasks.flickr_client import Credentials, FlickrRefused, RetryPolicy
+from tasks.crawling.config import CrawlConfig
+from tasks.crawling.crawler import run_crawl
+from tasks.crawling.downloads import DownloadPolicy, DownloadRefused, download_image
+from tasks.crawling.flickr_client import Credentials, FlickrRefused, RetryPolicy
 from webvse_world.flickr_server import DEFAULT_KEY, Faults, FlickrServer
 
 KEY = Credentials(DEFAULT_KEY, "s")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from storage.layout import DataRoot
 from storage.tables import WEB_PHOTOS, read_table, write_table
-from tasks.crawl_state import KEYWORD_DONE, CrawlState
+from tasks.crawling.state import KEYWORD_DONE, CrawlState
 
 UNTIL = 1_500_000_000  # the night's upload-time bound: a keyword's "finished" row is (keyword, KEYWORD_DONE, UNTIL)
 

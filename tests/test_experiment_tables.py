@@ -7,8 +7,8 @@ import hashlib
 import pandas as pd
 import pytest
 
-from tasks.experiment import beyond_spread, paired_gains, paper_table, summarise, web_fraction_curve, web_fraction_table
-from tasks.training_data import web_subset
+from tasks.data.training_data import web_subset
+from tasks.reporting.experiment import beyond_spread, paired_gains, paper_table, summarise, web_fraction_curve, web_fraction_table
 
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
 

@@ -19,7 +19,8 @@ from PIL import Image
 from storage.checkpoints import sha256_file
 from storage.layout import DataRoot
 from storage.tables import FEATURE_FAILURES, feature_schema, read_shards, read_table
-from tasks.features import FeatureSettings, compute_features, features_id, load_rgb
+from tasks.imaging.features import compute_features, features_id, load_rgb
+from tasks.imaging.settings import FeatureSettings
 from webvse_model.cnn import build_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_bad_images_are_recorded_and_odd_modes_converted(tmp_path: Path) -> None
 RESUME_SCRIPT = """
 import sys, pandas as pd
 from storage.layout import DataRoot
-from tasks.features import FeatureSettings, compute_features
+from tasks.imaging.features import FeatureSettings, compute_features
 frame = pd.read_parquet(sys.argv[2])
 print(compute_features(DataRoot.resolve(sys.argv[1]), frame, FeatureSettings(batch_size=8, workers=0, shard_rows=16)))
 """

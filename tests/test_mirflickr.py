@@ -10,7 +10,7 @@ import pytest
 from test_crawl import FAST, crawled, make_root
 
 from storage.tables import FLICKR_CORPUS, read_table
-from tasks.world import crawl_local
+from tasks.steps.world import crawl_local
 from webvse_world.mirflickr import import_mirflickr, owner_of
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mirflickr"

@@ -14,12 +14,13 @@ from flows.pipeline import webvse
 from storage.errors import InputError
 from storage.layout import DataRoot
 from storage.tables import CRAWL_NIGHTS, CRAWL_PROGRESS, FLICKR_CORPUS, KEYWORDS, MODELS, WEB_PHOTOS, read_table, write_table
-from tasks.crawl import CrawlConfig, run_crawl
-from tasks.crawl_state import KEYWORD_DONE, CrawlState
-from tasks.evaluation import latest_runs, model_in_use
-from tasks.flickr_client import Credentials
+from tasks.crawling.config import CrawlConfig
+from tasks.crawling.crawler import run_crawl
+from tasks.crawling.flickr_client import Credentials
+from tasks.crawling.state import KEYWORD_DONE, CrawlState
 from tasks.pipeline_config import PromoteConfig
-from tasks.promotion import decide, rollback
+from tasks.reporting.evaluation import latest_runs, model_in_use
+from tasks.training.promotion import decide, rollback
 from webvse_world.flickr_server import DEFAULT_KEY, FlickrServer
 from webvse_world.web import DAY, advance_clock, read_clock, write_clock
 

@@ -11,7 +11,7 @@ import pytest
 from flows.cli import main
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, append_shard, feature_schema, write_table
-from tasks.training_data import DataSource, read_split
+from tasks.data.training_data import DataSource, read_split
 from webvse_model.datasets.precomp import read_precomp_split
 
 SPLITS = {"train": "train", "dev": "val", "test": "test"}

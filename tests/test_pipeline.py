@@ -26,10 +26,10 @@ from flows.pipeline import task_runner, webvse
 from storage.errors import InputError
 from storage.layout import VECTORS_FILE
 from storage.tables import FEATURE_FAILURES, KEYWORDS, WEB_PHOTOS, feature_schema, read_shards, read_table, write_table
-from tasks.evaluation import embedded_stages
-from tasks.features import features_id, images_to_encode
+from tasks.imaging.features import features_id, images_to_encode
 from tasks.orchestration import StepPlan
 from tasks.pipeline_config import STEPS, load_config
+from tasks.reporting.evaluation import embedded_stages
 from webvse_model.cnn import encoder_spec
 from webvse_model.reference_metrics import reference_ranks
 from webvse_model.settings import ConfigError

@@ -13,7 +13,8 @@ import torch
 from storage.checkpoints import sha256_file
 from storage.layout import DataRoot
 from storage.tables import feature_schema, read_shards
-from tasks.features import FeatureSettings, compute_features
+from tasks.imaging.features import compute_features
+from tasks.imaging.settings import FeatureSettings
 from tasks.pipeline_config import load_config
 from webvse_model.precision import cpu_flags, cpu_has_native_bf16, use_bf16
 

@@ -203,7 +203,8 @@ def test_feature_rows_are_keyed_by_the_bytes_of_the_image_not_its_name(tmp_path:
 
     from storage.checkpoints import sha256_file
     from storage.layout import DataRoot
-    from tasks.features import FeatureSettings, compute_features
+    from tasks.imaging.features import compute_features
+    from tasks.imaging.settings import FeatureSettings
 
     def image(path: Path, shade: int) -> Path:
         Image.new("RGB", (40, 30), (shade, 80, 120)).save(path, format="PNG")
@@ -248,8 +249,8 @@ def test_feature_rows_are_keyed_by_the_bytes_of_the_image_not_its_name(tmp_path:
 def test_each_crawl_filter_at_its_boundary_and_in_the_paper_s_order(case: dict[str, object], expected: str) -> None:
     """Wrong versions: ``<=`` for ``<`` at 2 English tags or 5 per owner, four first tags, a
     counter shared by owners, filters in another order (which changes the recorded reason)."""
-    from tasks.crawl import CrawlConfig
-    from tasks.crawl_rules import photo_verdict
+    from tasks.crawling.config import CrawlConfig
+    from tasks.crawling.rules import photo_verdict
 
     facts: dict[str, object] = {
         "tags": ["a", "b", "c", "d", "e", "f"], "owner": "alice", "license_id": 4, "english_count": 3,

@@ -28,7 +28,7 @@ from tasks.serving.index import build_index, index_dir, index_is_current
 from tasks.serving.index_settings import IndexSettings
 from tasks.serving.retrieval import MAX_DEPTH, MAX_K, Retriever, StaleIndexError
 from tasks.serving.vector_search import VectorSearch
-from tasks.training import final_stage_store
+from tasks.training.runs import final_stage_store
 from webvse_model.train import load_model, save_model
 
 

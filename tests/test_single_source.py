@@ -1,9 +1,11 @@
-"""One place to change a default (issue 15): the value declared in ``webvse_model`` reaches
+"""One source of truth (issue 15): a default declared once in ``webvse_model.settings`` reaches
 the command line's help, the flow's parameter schema (what YAML files and the Prefect UI
-are checked against) and a trained run's stored ``config.json``."""
+are checked against) and a trained run's stored ``config.json``; the parser reads it without
+torch or Prefect; and each room imports only what its layer allows."""
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -36,7 +38,7 @@ def test_a_default_changed_in_its_one_place_reaches_help_schema_and_the_run(tmp_
     copy = tmp_path / "src"
     for package in PACKAGES:
         shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
-    declared = copy / "webvse_model" / "train.py"
+    declared = copy / "webvse_model" / "settings.py"
     source = declared.read_text()
     assert source.count("    margin: float = 0.2\n") == 1
     declared.write_text(source.replace("    margin: float = 0.2\n", "    margin: float = 0.35\n"))
@@ -57,3 +59,62 @@ def test_a_default_changed_in_its_one_place_reaches_help_schema_and_the_run(tmp_
     assert lines["EXIT"] == "0"
     stored = json.loads((tmp_path / "data" / "runs" / "r" / "config.json").read_text())["settings"]
     assert stored["stage1"]["margin"] == 0.35 and stored["stage2"]["margin"] == 0.35
+
+
+def test_the_parser_and_every_command_s_help_load_neither_torch_nor_prefect() -> None:
+    """``webvse --help`` took ~12 s while the parser's modules imported torch (through the model's
+    settings) and Prefect. Wrong version: ``tasks.pipeline_config`` importing ``webvse_model.cnn``
+    again, or ``flows.cli`` importing :mod:`flows.commands` at the top."""
+    probe = (
+        "import sys; from flows.cli import build_parser\n"
+        "parser = build_parser(); parser.format_help()\n"
+        "for command in parser._subparsers._group_actions[0].choices.values(): command.format_help()\n"
+        "print(sorted(m for m in ('torch', 'prefect', 'spacy', 'gensim', 'flows.commands') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+ROOMS = ("crawling", "text", "data", "imaging", "training", "reporting", "serving")
+
+
+def _forbidden(path: Path) -> tuple[str, ...]:
+    """What a production module may not import, by where it lives."""
+    parts = path.relative_to(ROOT).parts
+    never = ("webvse_world",) if parts[:3] != ("tasks", "steps", "world.py") else ()
+    if parts[0] == "storage":
+        return (*never, "prefect", "torch", "tasks", "flows", "webvse_model")
+    if parts[0] == "webvse_model":
+        return (*never, "prefect", "tasks", "flows")
+    if parts[0] == "tasks" and len(parts) > 2 and parts[1] in ROOMS:
+        return (*never, "prefect", "tasks.steps", "tasks.orchestration", "flows")
+    if parts[0] == "tasks":
+        return (*never, "flows")
+    return never
+
+
+def test_each_room_imports_only_what_its_layer_allows() -> None:
+    """Domain code (``tasks/<room>/``) never imports Prefect, a step or the orchestration; the
+    library never imports Prefect; storage neither Prefect nor torch; only the world step reaches
+    the offline stand-in. Wrong version: ``tasks/crawling/crawler.py`` importing ``FlickrServer``
+    as it once did, or a room calling ``step_logger``."""
+    broken = []
+    for package in ("storage", "webvse_model", "tasks", "flows"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            forbidden = _forbidden(path)
+            for module in _imports(path):
+                if any(module == name or module.startswith(name + ".") for name in forbidden):
+                    broken.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert broken == []

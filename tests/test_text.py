@@ -9,10 +9,10 @@ import pytest
 
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, KEYWORDS, read_table, write_table
-from tasks.keywords import analyse_captions, image_dummy_tags, keyword_table, run_keywords, union_in_order
-from tasks.text_backends import BackendUnavailable, SpacyBackend, load_backend
-from tasks.web_tags import english_tags, is_english, normalise_tag, vocabulary_from
-from tasks.word_vectors import (
+from tasks.text.backends import BackendUnavailable, SpacyBackend, load_backend
+from tasks.text.keywords import analyse_captions, image_dummy_tags, keyword_table, run_keywords, union_in_order
+from tasks.text.web_tags import english_tags, is_english, normalise_tag, vocabulary_from
+from tasks.text.word_vectors import (
     caption_file_documents,
     load_keyed_vectors,
     run_vectors,
@@ -121,7 +121,7 @@ def test_a_missing_spacy_model_says_how_to_install() -> None:
 
 
 def test_trained_vectors_place_world_synonyms_closer(tmp_path: Path) -> None:
-    from tasks.clean_data import ingest_karpathy
+    from tasks.data.clean_data import ingest_karpathy
     from webvse_world.clean import CleanSizes, generate_clean_dataset
 
     root = DataRoot.resolve(tmp_path)
@@ -162,7 +162,7 @@ def test_caption_only_images_become_extra_word2vec_documents(tmp_path: Path) -> 
 
 
 def test_the_wordfreq_english_rule_knows_real_english_and_refuses_common_foreign_words() -> None:
-    from tasks.web_tags import WordfreqEnglish, english_tag_count
+    from tasks.text.web_tags import WordfreqEnglish, english_tag_count
 
     english = WordfreqEnglish()
     for word in ("serendipity", "quixotic", "sea", "dog", "sunset", "horse"):  # outside any caption vocabulary, or shared

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from storage.checkpoints import CheckpointError, CheckpointStore
-from tasks.evaluation import evaluate_run
-from tasks.training import DataSource, RunSettings, train_run
+from tasks.data.training_data import DataSource
+from tasks.reporting.evaluation import evaluate_run
+from tasks.training.runs import RunSettings, train_run
 from webvse_model.settings import ConfigError, CurriculumSchedule, StageConfig, stage2_defaults
 from webvse_model.train import load_model
 

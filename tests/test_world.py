@@ -228,6 +228,6 @@ def test_start_stop_bad_corpus_and_quiet_logs(corpus: Path, tmp_path: Path, caps
 def test_the_world_server_s_default_key_is_the_one_the_crawler_sends_to_a_local_server() -> None:
     """The crawler declares its offline key itself (it never imports the stand-in); the stand-in's
     default must be that key, or `webvse flickr-server` and an un-keyed local crawl disagree."""
-    from tasks.flickr_client import OFFLINE_KEY
+    from tasks.crawling.flickr_client import OFFLINE_KEY
 
     assert DEFAULT_KEY == OFFLINE_KEY

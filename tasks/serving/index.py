@@ -1,4 +1,4 @@
-"""The index step: a trained run's joint-space vectors of a collection and of the caption bank.
+"""An index: a trained run's joint-space vectors of a collection and of the caption bank.
 
 Built once per (run, collection) under ``runs/<run>/index/<collection>/``:
 
@@ -12,7 +12,7 @@ Built once per (run, collection) under ``runs/<run>/index/<collection>/``:
   approximate index its recall@10 against exact search.
 
 A folder of the user's own photos goes through the features step's own code
-(:func:`tasks.features.compute_features`, same encoder and precision as the run's features),
+(:func:`tasks.imaging.features.compute_features`, same encoder and precision as the run's features),
 so its rows are cached with the rest and decode failures are reported the same way.
 """
 
@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from storage.atomic import atomic_write_text
-from storage.checkpoints import MANIFEST_NAME
 from storage.errors import MissingInputError
 from storage.layout import (
     EVALUATION_FILE,
@@ -51,14 +50,13 @@ from storage.tables import (
     read_table,
     write_table,
 )
-from tasks.evaluation import model_in_use, run_source
-from tasks.features import FeatureSettings, compute_features
-from tasks.orchestration import pipeline_task, root_of, step_logger
-from tasks.pipeline_config import IndexConfig
+from tasks.imaging.features import compute_features
+from tasks.imaging.settings import FeatureSettings
+from tasks.reporting.evaluation import model_in_use, run_source
 from tasks.serving.collection import collection_items, collection_name
 from tasks.serving.index_settings import IndexSettings
 from tasks.serving.vector_search import VectorSearch
-from tasks.training import final_stage_store
+from tasks.training.runs import final_stage_store
 from webvse_model.cnn import encoder_of_features
 from webvse_model.data import pad_token_ids
 from webvse_model.inference import embed_captions, embed_images
@@ -179,7 +177,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text(encoding="utf-8")))
 
 
-# ------------------------------------------------------------------ the Prefect task
+# ------------------------------------------------------------------ which run
 def index_run(root: DataRoot, run: str | None) -> Path:
     """The run to index: the one given, else the model in use, else the newest run."""
     if run:
@@ -188,28 +186,6 @@ def index_run(root: DataRoot, run: str | None) -> Path:
     if chosen is None:
         raise MissingInputError(f"no trained run under {root.runs_dir} to index: train first (steps stage1, stage2)")
     return chosen
-
-
-def _index_reads(inputs: dict[str, Any]) -> list[Path]:
-    """The model (its checkpoint manifests), the run's evaluation, the collection's tables, the features."""
-    root = root_of(inputs)
-    run = index_run(root, inputs["run"]) if inputs["run"] or root.runs_dir.is_dir() else None
-    settings: IndexConfig = inputs["settings"]
-    model = [run / stage / MANIFEST_NAME for stage in ("stage1", "stage2")] + [run / EVALUATION_FILE] if run else []
-    collection = {"web": [root.web_photos], "folder": [Path(settings.folder or ".")]}.get(settings.collection, [])
-    pointer = [root.in_use_file] if not inputs["run"] else []  # which run, when not given
-    return [*model, *pointer, root.clean_images, root.clean_captions, *collection]
-
-
-@pipeline_task(
-    "index",
-    ("tasks.serving", "webvse_model"),
-    reads=_index_reads,
-    writes=lambda i: [index_dir(index_run(root_of(i), i["run"]), i["settings"].collection, i["settings"].folder)],
-)
-def index_step(root: str, run: str | None, settings: IndexConfig, device: str = "auto") -> dict[str, Any]:
-    """Embed a collection and the caption bank with a run (default: the model in use) for serving."""
-    return build_index(index_run(DataRoot.resolve(root), run), settings.settings(), device, step_logger())
 
 
 def index_is_current(folder: Path, run: Path) -> bool:

@@ -31,10 +31,10 @@ from PIL import Image
 from storage.errors import InputError, MissingInputError, WebvseError
 from storage.layout import INDEX_CAPTIONS_FILE, INDEX_ITEMS_FILE, INDEX_IVF_FILE, VOCAB_FILE
 from storage.tables import index_captions_schema, index_items_schema, read_arrow, vectors_matrix
-from tasks.features import decode_rgb
+from tasks.imaging.features import decode_rgb
 from tasks.serving.index import model_checkpoint, read_manifest
 from tasks.serving.vector_search import Neighbours, VectorSearch
-from tasks.training import final_stage_store
+from tasks.training.runs import final_stage_store
 from webvse_model.cnn import build_encoder, cnn_features, encoder_of_features
 from webvse_model.encoders import JointEmbedding
 from webvse_model.inference import embed_captions

@@ -1,8 +1,8 @@
 """The crawl step: Flickr (Secret blocks, then the environment), or the offline world's corpus
 served on 127.0.0.1 for the duration of the crawl, on the corpus's own clock.
 
-Composition only: the production crawler (:mod:`tasks.crawl`) never imports the offline
-stand-in; :mod:`tasks.world`, the one bridge to :mod:`webvse_world`, serves its corpus.
+Composition only: the production crawler (:mod:`tasks.crawling.crawler`) never imports the offline
+stand-in; :mod:`tasks.steps.world`, the one bridge to :mod:`webvse_world`, serves its corpus.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from prefect.concurrency.sync import rate_limit
 
 from storage.errors import InputError
 from storage.layout import DataRoot
-from tasks.crawl import run_crawl
-from tasks.crawl_config import CrawlConfig
-from tasks.downloads import DownloadPolicy
-from tasks.flickr_client import FLICKR_REST_URL, Credentials, RetryPolicy
+from tasks.crawling.config import CrawlConfig
+from tasks.crawling.crawler import run_crawl
+from tasks.crawling.downloads import DownloadPolicy
+from tasks.crawling.flickr_client import FLICKR_REST_URL, Credentials, RetryPolicy
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import CrawlSettings
-from tasks.world import corpus_clock, crawl_local
+from tasks.steps.world import corpus_clock, crawl_local
 
 
 def crawl_night(corpus: str | None) -> str:
@@ -59,7 +59,7 @@ def _crawl_reads(inputs: dict[str, Any]) -> list[Path]:
 
 @pipeline_task(
     "crawl",
-    ("tasks.crawl", "tasks.crawl_step", "tasks.world", "tasks.flickr_client", "tasks.downloads", "tasks.web_tags"),
+    ("tasks.steps.crawl", "tasks.steps.world", "tasks.crawling", "tasks.text.web_tags"),
     reads=_crawl_reads,
     writes=lambda i: [root_of(i).web_photos],
 )

@@ -26,9 +26,9 @@ from storage.tables import (
     read_features,
     read_table,
 )
-from tasks.features import unreadable_images
-from tasks.keywords import union_in_order
-from tasks.word_vectors import load_keyed_vectors, tag_features
+from tasks.imaging.features import unreadable_images
+from tasks.text.keywords import union_in_order
+from tasks.text.word_vectors import load_keyed_vectors, tag_features
 from webvse_model.data import CaptionedImages, WebPairs, pad_token_ids
 from webvse_model.datasets.precomp import PRECOMP_WEB_FILES, read_precomp_split, read_precomp_web
 from webvse_model.settings import ConfigError

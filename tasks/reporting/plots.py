@@ -1,7 +1,7 @@
 """What a person looks at after a run: recall@K curves, loss curves, retrieval examples.
 
 Pure rendering (matplotlib with the Agg backend, markdown, HTML): no Prefect, no
-training; :mod:`tasks.evaluation` feeds it embeddings and metrics and publishes the
+training; :mod:`tasks.reporting.evaluation` feeds it embeddings and metrics and publishes the
 results as Prefect artifacts.
 """
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,11 +26,10 @@ from gensim.models import KeyedVectors, Word2Vec
 from storage.atomic import atomic_write_path
 from storage.errors import InputError, MissingInputError
 from storage.layout import VECTORS_FILE, DataRoot
-from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, WEB_PHOTOS, read_table
-from tasks.keywords import group_key
-from tasks.orchestration import pipeline_task, root_of, step_logger
-from tasks.pipeline_config import VectorsConfig
-from tasks.text_backends import STOP_WORDS, lemma_of_tag
+from storage.tables import CLEAN_CAPTIONS, WEB_PHOTOS, read_table
+from tasks.text.backends import lemma_of_tag
+from tasks.text.keywords import group_key
+from tasks.text.stop_words import STOP_WORDS
 from webvse_model.datasets.flickr8k import read_flickr8k_captions
 from webvse_model.text import tokenize
 
@@ -139,32 +137,10 @@ def run_vectors(
     return target
 
 
-# ------------------------------------------------------------------ the Prefect task
+# ------------------------------------------------------------------ documents from the web tags
 def web_tag_documents(root: DataRoot) -> list[list[str]]:
     """One document per kept web photo: its English tags (empty when nothing was crawled)."""
     if not root.web_photos.is_file():
         return []
     photos = read_table(root.web_photos, WEB_PHOTOS)
     return [list(tags) for tags in photos.loc[photos["status"] == "kept", "english_tags"] if len(tags)]
-
-
-def _vectors_reads(inputs: dict[str, Any]) -> list[Path]:
-    root, settings = root_of(inputs), inputs["settings"]
-    if settings.pretrained:
-        return [Path(settings.pretrained)]
-    extra = [Path(settings.extra_captions), root.clean_images] if settings.extra_captions else []
-    return [root.clean_captions, *extra] + ([root.web_photos] if settings.web_tags else [])
-
-
-@pipeline_task("vectors", ("tasks.word_vectors",), reads=_vectors_reads, writes=lambda i: [root_of(i).vectors_dir / VECTORS_FILE])
-def vectors_step(root: str, settings: VectorsConfig) -> str:
-    """Load or train the word vectors (on captions and, if set, the web tags); returns the file."""
-    data_root = DataRoot.resolve(root)
-    log = step_logger()
-    extra: list[list[str]] = []
-    if settings.extra_captions and not settings.pretrained:
-        clean = {Path(p).name for p in read_table(data_root.clean_images, CLEAN_IMAGES)["path"]}
-        extra = caption_file_documents(settings.extra_captions, skip_images=clean)
-        log(f"vectors: {len(extra)} extra documents from {settings.extra_captions} (images not in the clean set)")
-    web = web_tag_documents(data_root) if settings.web_tags and not settings.pretrained else []
-    return str(run_vectors(data_root, settings.pretrained, [*extra, *web], settings.dim, settings.seed, log))

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from storage.layout import DataRoot
 from storage.tables import CRAWL_NIGHTS, CRAWL_PROGRESS, WEB_PHOTOS, TableSchema, read_arrow, read_table, write_table
-from tasks.crawl_rules import first_tags_key
+from tasks.crawling.rules import first_tags_key
 
 KEYWORD_DONE = -1  # window_start of a keyword's "finished for this night" row (window_end = the night's until)
 

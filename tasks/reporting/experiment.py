@@ -19,24 +19,19 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.context import TaskRunContext
 
 from storage.atomic import atomic_write_text
-from storage.checkpoints import MANIFEST_NAME
 from storage.errors import InputError
 from storage.layout import EXPERIMENT_DIR, DataRoot
 from storage.tables import CLEAN_CAPTIONS, CLEAN_IMAGES, KEYWORDS, read_table
-from tasks.evaluation import artifact_suffix, embedded_stages, run_source
-from tasks.keywords import image_dummy_tags
-from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import EvaluateConfig, TrainConfig
-from tasks.report import plot_r1_bars, plot_web_fraction
-from tasks.training import RunSettings, run_settings
+from tasks.reporting.evaluation import embedded_stages, run_source
+from tasks.reporting.plots import plot_r1_bars, plot_web_fraction
+from tasks.text.keywords import image_dummy_tags
+from tasks.training.runs import RunSettings, run_settings
 from webvse_model.metrics import retrieval_ranks, run_protocol
 
 VARIANTS = ("baseline", "stage1", "stage2-nocurriculum", "stage2-curriculum")
@@ -284,7 +279,7 @@ def web_fraction_table(curve: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------ the Prefect task
+# ------------------------------------------------------------------ the report
 @dataclass
 class ExperimentReport:
     table: pd.DataFrame
@@ -352,35 +347,3 @@ def report_experiment(root: DataRoot, runs: list[GridRun], settings: EvaluateCon
     atomic_write_text(folder / "results.md", markdown)
     log(f"experiment: {len(runs)} cells evaluated -> {folder}")
     return ExperimentReport(table, summary, markdown, folder)
-
-
-def _experiment_reads(inputs: dict[str, Any]) -> list[Path]:
-    root = root_of(inputs)
-    manifests = [Path(r["run_dir"]) / r["stage"] / MANIFEST_NAME for r in inputs["runs"]]
-    return [root.clean_images, root.clean_captions, root.keywords, *manifests]
-
-
-@pipeline_task(
-    "experiment-report",
-    ("tasks.experiment", "tasks.evaluation", "tasks.report", "webvse_model"),
-    reads=_experiment_reads,
-    writes=lambda i: [root_of(i).runs_dir / EXPERIMENT_DIR / "results.md"],
-)
-def experiment_report_step(
-    root: str, runs: list[dict[str, Any]], settings: EvaluateConfig, karpathy: str | None, device: str = "auto"
-) -> list[dict[str, Any]]:
-    """Evaluate every grid cell, write the tables and plot, publish them as artifacts."""
-    report = report_experiment(DataRoot.resolve(root), [GridRun(**r) for r in runs], settings, karpathy, device, step_logger())
-    records = report.summary.drop(columns=[c for c in report.summary.columns if c.endswith("_std") and "r5" in c]).to_dict(
-        "records"
-    )
-    if TaskRunContext.get() is not None:
-        where = artifact_suffix(DataRoot.resolve(root))
-        create_table_artifact(
-            [{"model": r["label"], **{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k != "label"}} for r in records],
-            key=f"webvse-experiment-{where}", description=f"mean ± std over seeds per (loss, variant); data root {root}",
-        )  # fmt: skip
-        create_markdown_artifact(
-            report.markdown, key=f"webvse-experiment-report-{where}", description="the experiment in the paper's layout"
-        )
-    return records

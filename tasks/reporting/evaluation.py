@@ -1,4 +1,4 @@
-"""Evaluation step: a run's best checkpoints on a test split -> a metrics table.
+"""Evaluation: a run's best checkpoints on a test split -> a metrics table.
 
 Every stage that has a ``best`` checkpoint is evaluated on the same split and protocol,
 so Stage I and Stage II sit side by side; the table is written to
@@ -14,25 +14,21 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.context import FlowRunContext, TaskRunContext
 
 from storage.atomic import atomic_write_text
-from storage.checkpoints import MANIFEST_NAME, CheckpointStore
+from storage.checkpoints import CheckpointStore
 from storage.errors import MissingInputError
 from storage.layout import CONFIG_FILE, EVALUATION_FILE, METRICS_FILE, REPORT_DIR, VOCAB_FILE, DataRoot
 from storage.tables import CLEAN_IMAGES, RUN_EVALUATION, RUN_METRICS, read_table, write_table
-from tasks.features import unreadable_images
-from tasks.orchestration import pipeline_task, root_of, step_logger
+from tasks.data.training_data import DataSource, load_split, read_split
+from tasks.imaging.features import unreadable_images
 from tasks.pipeline_config import EvaluateConfig
-from tasks.report import RankedQueries, artifact_table, plot_recall_curves, plot_training, retrieval_examples
-from tasks.training import read_run_config
-from tasks.training_data import DataSource, load_split, read_split
+from tasks.reporting.plots import RankedQueries, plot_recall_curves, plot_training, retrieval_examples
+from tasks.training.runs import read_run_config
 from webvse_model.data import CaptionedImages
 from webvse_model.inference import embed_split
 from webvse_model.metrics import retrieval_ranks, run_protocol
@@ -114,7 +110,7 @@ def stack_runs(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(labelled, ignore_index=True)
 
 
-# ------------------------------------------------------------------ report and Prefect task
+# ------------------------------------------------------------------ the report
 def image_names(source: DataSource, split: str) -> list[str]:
     """The split's image files in evaluation order (numbers for a precomp folder, which has none)."""
     if source.kind == "precomp":
@@ -195,7 +191,7 @@ def report_runs(
 
 
 def model_in_use(root: DataRoot) -> Path | None:
-    """The run of the model in use (``runs/in_use.json``, see :mod:`tasks.promotion`); None before the first promotion."""
+    """The run of the model in use (``runs/in_use.json``, see :mod:`tasks.training.promotion`); None before the first promotion."""
     if not root.in_use_file.is_file():
         return None
     recorded = json.loads(root.in_use_file.read_text(encoding="utf-8"))
@@ -239,38 +235,3 @@ def artifact_suffix(root: DataRoot) -> str:
     roots never overwrite each other's history in the UI."""
     name = re.sub(r"[^a-z0-9]+", "-", root.root.name.lower()).strip("-") or "root"
     return f"{name[:40]}-{hashlib.sha256(str(root.root).encode()).hexdigest()[:6]}"
-
-
-def _evaluation_reads(inputs: dict[str, Any]) -> list[Path]:
-    root = root_of(inputs)
-    runs = inputs["runs"] or (latest_runs(root) if root.runs_dir.is_dir() else {})
-    manifests = [Path(run) / stage / MANIFEST_NAME for run in runs.values() for stage in STAGES]
-    pointer = [root.latest_runs_file, root.in_use_file] if inputs["runs"] is None else []  # which runs, when not given
-    return [root.clean_images, root.clean_captions, *pointer, *manifests]
-
-
-@pipeline_task(
-    "evaluate",
-    ("tasks.evaluation", "tasks.report", "tasks.training_data", "webvse_model"),
-    reads=_evaluation_reads,
-    writes=lambda i: [root_of(i).runs_dir / REPORT_DIR / "results.md"],
-)
-def evaluate_step(root: str, runs: dict[str, str] | None, settings: EvaluateConfig, device: str = "auto") -> list[dict[str, Any]]:
-    """Evaluate the given runs (default: the last compared ones), publish table + examples as artifacts."""
-    data_root = DataRoot.resolve(root)
-    chosen = runs or latest_runs(data_root)
-    record_latest_runs(data_root, chosen)
-    report = report_runs(data_root, chosen, settings, device, step_logger())
-    records = report.table.to_dict("records")
-    if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
-        where = artifact_suffix(data_root)
-        create_table_artifact(
-            artifact_table(report.table), key=f"webvse-results-{where}",
-            description=f"R@K (%), median and mean rank per model ({settings.protocol}); data root {data_root.root}",
-        )  # fmt: skip
-        create_markdown_artifact(
-            report.markdown,
-            key=f"webvse-retrieval-examples-{where}",
-            description=f"results and retrieval examples; data root {data_root.root}",
-        )
-    return records

@@ -1,14 +1,14 @@
 """The crawl: one Flickr search per keyword, the paper's four filters, polite downloads.
 
 Production crawling only (the real Flickr API through ``flickrapi``, or any compatible
-endpoint); the step that also serves the offline world's corpus is :mod:`tasks.crawl_step`.
+endpoint); the step that also serves the offline world's corpus is :mod:`tasks.steps.crawl`.
 
 For each keyword of ``keywords.parquet`` (most frequent first) photos are searched
 page by page (``per_page`` <= 500, never ``walk()``) until ``per_keyword`` photos are
 kept. Flickr serves at most 4,000 results per query: when a keyword needs more, the
 upload-date range is halved and each half searched again, newest first.
 
-**Nights** (:mod:`tasks.crawl_state`): a crawl searches photos uploaded up to the clock
+**Nights** (:mod:`tasks.crawling.state`): a crawl searches photos uploaded up to the clock
 at its start. Run again (``mode="incremental"``, the default), it continues: each keyword
 is searched only from its last crawl on (Flickr's ``min_upload_date``), at most
 ``new_per_keyword`` new photos are kept per keyword, and the filters hold over every
@@ -16,14 +16,14 @@ night's photos. ``mode="fresh"`` crawls from nothing into ``web.fresh/``, which 
 ``web/`` only once it has finished.
 
 **Filters** (in this order, all as in the paper): licence (server-side and checked);
-at least 2 English tags (:func:`tasks.web_tags.english_tags`); at most 5 kept photos per
+at least 2 English tags (:func:`tasks.text.web_tags.english_tags`); at most 5 kept photos per
 owner across the whole crawl; not the same first 5 tags (as given) as a kept photo. A
 photo already decided for another keyword is not decided again: its row records every
 keyword that found it.
 
 **Resumable**: ``web/photos.parquet`` (every decided photo) is the source of truth and
 is rewritten atomically after each page, then ``web/crawl_progress.parquet`` (pages done
-per keyword and date window; :mod:`tasks.crawl_state`). A crawl killed anywhere restarts from the last committed
+per keyword and date window; :mod:`tasks.crawling.state`). A crawl killed anywhere restarts from the last committed
 page; decisions replayed from the table keep the owner and first-5-tag rules exact and
 photo ids unique; images are content-addressed, so a re-download lands on the same file,
 and files no row refers to are removed at the end.
@@ -45,12 +45,12 @@ from storage.atomic import sweep_partial_writes
 from storage.layout import DataRoot, user_state_dir
 from storage.locks import exclusive
 from storage.tables import KEYWORDS, read_table
-from tasks.crawl_config import CrawlConfig
-from tasks.crawl_rules import photo_verdict
-from tasks.crawl_state import KEYWORD_DONE, CrawlState
-from tasks.downloads import DownloadRefused, download_image
-from tasks.flickr_client import OFFLINE_KEY, Credentials, FlickrClient
-from tasks.web_tags import english_lexicon, english_tag_count, english_tags
+from tasks.crawling.config import CrawlConfig
+from tasks.crawling.downloads import DownloadRefused, download_image
+from tasks.crawling.flickr_client import OFFLINE_KEY, Credentials, FlickrClient
+from tasks.crawling.rules import photo_verdict
+from tasks.crawling.state import KEYWORD_DONE, CrawlState
+from tasks.text.web_tags import english_lexicon, english_tag_count, english_tags
 
 RESULT_CAP = 4000
 

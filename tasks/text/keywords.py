@@ -1,4 +1,4 @@
-"""Keywords step: caption text -> lemmas -> the keyword list; and every caption's dummy tags.
+"""Keywords: caption text -> lemmas -> the keyword list; and every caption's dummy tags.
 
 As in the paper: lemmatise the training captions, drop stop-words, punctuation and
 numbers, group similar words, count, keep the ``top_n`` most frequent. The keywords
@@ -22,18 +22,15 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from storage.errors import InputError, MissingInputError
+from storage.errors import InputError
 from storage.layout import DataRoot
 from storage.tables import CLEAN_CAPTIONS, KEYWORDS, read_table, write_table
-from tasks.clean_data import ingest_karpathy
-from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import KeywordsConfig
-from tasks.text_backends import STOP_WORDS, PosLemmaBackend, Token, load_backend
+from tasks.text.backends import PosLemmaBackend, Token
+from tasks.text.stop_words import STOP_WORDS
 
 CONTENT_POS = frozenset({"NOUN", "PROPN", "VERB", "ADJ", "ADV"})
 TAG_POS = frozenset({"NOUN", "PROPN", "VERB"})
@@ -153,28 +150,3 @@ def image_dummy_tags(captions: pd.DataFrame) -> dict[str, list[str]]:
     """Each image's tag set from ``clean/captions.parquet`` rows (caption order kept)."""
     ordered = captions.sort_values("caption_id", kind="stable")
     return {image_id: union_in_order(group["dummy_tags"]) for image_id, group in ordered.groupby("image_id", sort=False)}
-
-
-# ------------------------------------------------------------------ the Prefect task
-def _keywords_outputs(inputs: dict[str, Any]) -> list[Path]:
-    root = root_of(inputs)
-    return [root.clean_images, root.clean_captions, root.keywords]
-
-
-@pipeline_task(
-    "keywords",
-    ("tasks.keywords", "tasks.clean_data", "tasks.text_backends", "webvse_model.datasets.karpathy"),
-    reads=lambda i: [Path(i["karpathy"])],
-    writes=_keywords_outputs,
-)
-def keywords_step(root: str, karpathy: str, image_root: str | None, settings: KeywordsConfig) -> dict[str, int]:
-    """Clean tables from the split file, then keywords and dummy tags; returns the counts."""
-    data_root = DataRoot.resolve(root)
-    if not Path(karpathy).is_file():
-        raise MissingInputError(
-            f"{karpathy} does not exist: generate the offline world (webvse world) or set dataset.karpathy (--karpathy FILE)"
-        )
-    log = step_logger()
-    images = ingest_karpathy(data_root, karpathy, image_root)
-    log(f"keywords: clean data {images} from {karpathy}")
-    return run_keywords(data_root, load_backend(settings.backend, settings.spacy_model, settings.processes), settings.top_n, log)

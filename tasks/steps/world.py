@@ -18,9 +18,9 @@ from typing import Any
 
 from storage.atomic import atomic_write_text
 from storage.layout import DataRoot
-from tasks.crawl import run_crawl
-from tasks.crawl_config import CrawlConfig
-from tasks.flickr_client import OFFLINE_KEY, Credentials
+from tasks.crawling.config import CrawlConfig
+from tasks.crawling.crawler import run_crawl
+from tasks.crawling.flickr_client import OFFLINE_KEY, Credentials
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import WorldConfig
 from webvse_world.clean import CleanSizes, generate_clean_dataset
@@ -113,7 +113,7 @@ def corpus_clock(corpus: str | Path) -> float | None:
 
 
 # ------------------------------------------------------------------ the Prefect task
-@pipeline_task("world", ("tasks.world", "webvse_world"), writes=lambda i: [root_of(i).world_dir / MARKER])
+@pipeline_task("world", ("tasks.steps.world", "webvse_world"), writes=lambda i: [root_of(i).world_dir / MARKER])
 def world_step(root: str, settings: WorldConfig) -> dict[str, str]:
     """Generate (or reuse) the offline world; returns the split file and corpus folder."""
     web = WebSizes(

@@ -12,7 +12,7 @@ from typing import Protocol
 
 
 class FilterSettings(Protocol):
-    """The filter settings of a crawl (``tasks.crawl.CrawlConfig`` has them)."""
+    """The filter settings of a crawl (``tasks.crawling.crawler.CrawlConfig`` has them)."""
 
     @property
     def licenses(self) -> tuple[int, ...]: ...

@@ -36,9 +36,10 @@ from wordfreq import zipf_frequency
 from storage.errors import InputError, MissingInputError
 from storage.layout import VECTORS_FILE, DataRoot
 from storage.tables import CLEAN_CAPTIONS, read_table
-from tasks.keywords import group_key
-from tasks.text_backends import STOP_WORDS, lemma_of_tag
-from tasks.word_vectors import load_keyed_vectors
+from tasks.text.backends import lemma_of_tag
+from tasks.text.keywords import group_key
+from tasks.text.stop_words import STOP_WORDS
+from tasks.text.word_vectors import load_keyed_vectors
 
 NOISE_TAGS: frozenset[str] = frozenset(
     "canon nikon sony iphone android samsung fujifilm fuji olympus pentax leica panasonic lumix gopro dslr slr mirrorless "

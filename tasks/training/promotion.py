@@ -21,20 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect.artifacts import create_table_artifact
-from prefect.context import FlowRunContext, TaskRunContext
 
 from storage.atomic import atomic_write_text
-from storage.checkpoints import MANIFEST_NAME
 from storage.errors import InputError
 from storage.layout import CONFIG_FILE, REPORT_DIR, VOCAB_FILE, DataRoot
 from storage.tables import CRAWL_NIGHTS, MODELS, WEB_PHOTOS, read_table, write_table
-from tasks.evaluation import artifact_suffix, model_in_use, run_source
-from tasks.orchestration import pipeline_task, step_logger
-from tasks.pipeline_config import PromoteConfig
-from tasks.report import plot_nights
-from tasks.training import final_stage_store
-from tasks.training_data import load_split
+from tasks.data.training_data import load_split
+from tasks.reporting.evaluation import model_in_use, run_source
+from tasks.reporting.plots import plot_nights
+from tasks.training.runs import final_stage_store
 from webvse_model.inference import evaluate_split
 from webvse_model.text import Vocabulary
 from webvse_model.train import load_model, pick_device
@@ -163,27 +158,3 @@ def test_rsum_of(records: list[dict[str, Any]], label: str) -> float | None:
     """The test rsum of run ``label``'s final stage in an evaluation's records (None if not evaluated)."""
     stages = {r["variant"].split("/", 1)[1]: float(r["rsum"]) for r in records if r["variant"].split("/", 1)[0] == label}
     return stages.get("stage2", stages.get("stage1"))
-
-
-# ------------------------------------------------------------------ the Prefect task
-def _promotion_reads(inputs: dict[str, Any]) -> list[Path]:
-    """A candidate is decided on once: not ``in_use.json``, which the decision itself (or a
-    rollback, a person's decision that a rerun must not undo) changes."""
-    return [final_stage_store(inputs["candidate"]).folder / MANIFEST_NAME]
-
-
-@pipeline_task("promote", ("tasks.promotion", "tasks.evaluation", "webvse_model"), reads=_promotion_reads)
-def promote_step(
-    root: str, candidate: str, settings: PromoteConfig, night: str, test_rsum: float | None = None, device: str = "auto"
-) -> dict[str, Any]:
-    """Promote the run's final model if it beats the model in use; publish the history as an artifact."""
-    data_root = DataRoot.resolve(root)
-    decision = promote(data_root, candidate, settings.margin, night, test_rsum, device, step_logger())
-    if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
-        history = model_history(data_root)
-        create_table_artifact(
-            history.astype(object).where(history.notna(), "").to_dict("records"), key=f"webvse-models-{artifact_suffix(data_root)}",
-            description=f"every promotion decision (validation rsum of the new model and of the model in use) and rollback; "
-            f"model in use: {decision['in_use']}; plot {data_root.runs_dir / REPORT_DIR / NIGHTS_PLOT}",
-        )  # fmt: skip
-    return decision
