@@ -22,6 +22,7 @@ from prefect import tags
 from flows.config_flags import flag_overrides
 from storage.errors import InputError, MissingInputError
 from storage.layout import REPORT_DIR, DataRoot
+from tasks.data.flickr8k import flickr8k_to_karpathy
 from tasks.data.training_data import DataSource, has_web_data
 from tasks.orchestration import brief_known_errors, shield_temporary_server_from_ctrl_c
 from tasks.pipeline_config import (
@@ -38,7 +39,6 @@ from tasks.serving.retrieval import Answer, Retriever
 from tasks.steps.world import Faults, advance_clock, import_mirflickr, serve_corpus
 from tasks.training.promotion import NIGHTS_PLOT, model_history, rollback
 from tasks.training.runs import RunSettings, run_settings, train_run
-from webvse_model.datasets.flickr8k import flickr8k_to_karpathy
 
 
 def describe_step(step: str, value: Any, config: PipelineConfig) -> list[str]:

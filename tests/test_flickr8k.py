@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from webvse_model.datasets.flickr8k import HASH_SPLIT, flickr8k_to_karpathy, read_flickr8k_captions, split_of
+from tasks.data.flickr8k import HASH_SPLIT, flickr8k_to_karpathy, read_flickr8k_captions, split_of
 from webvse_model.datasets.karpathy import read_karpathy
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k-1k"

@@ -27,10 +27,10 @@ from storage.atomic import atomic_write_path
 from storage.errors import InputError, MissingInputError
 from storage.layout import VECTORS_FILE, DataRoot
 from storage.tables import CLEAN_CAPTIONS, WEB_PHOTOS, read_table
+from tasks.data.flickr8k import read_flickr8k_captions
 from tasks.text.backends import lemma_of_tag
 from tasks.text.keywords import group_key
 from tasks.text.stop_words import STOP_WORDS
-from webvse_model.datasets.flickr8k import read_flickr8k_captions
 from webvse_model.text import tokenize
 
 
