@@ -32,7 +32,6 @@ def crawl_night(corpus: str | None) -> str:
     return datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).strftime("%Y-%m-%d")
 
 
-# ------------------------------------------------------------------ the Prefect task
 def _secret(block: str) -> str | None:
     """A Prefect Secret block's value, or None when no such block exists."""
     try:

@@ -11,10 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.layout import DataRoot
-from storage.tables import (
-    feature_schema,
-    read_shards,
-)
+from storage.tables import feature_schema, read_shards
 from tasks.imaging.features import compute_features, features_id, images_to_encode
 from tasks.imaging.settings import FeatureSettings
 from tasks.orchestration import pipeline_task, root_of, step_logger
@@ -22,7 +19,6 @@ from tasks.pipeline_config import FeaturesConfig
 from webvse_model.cnn import encoder_spec
 
 
-# ------------------------------------------------------------------ the Prefect task
 def _options(settings: FeaturesConfig, device: str, precision: str) -> FeatureSettings:
     return FeatureSettings(
         settings.encoder, settings.weights_path, settings.batch_size, settings.workers,

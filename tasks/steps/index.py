@@ -6,10 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.checkpoints import MANIFEST_NAME
-from storage.layout import (
-    EVALUATION_FILE,
-    DataRoot,
-)
+from storage.layout import EVALUATION_FILE, DataRoot
 from tasks.orchestration import pipeline_task, root_of, step_logger
 from tasks.pipeline_config import IndexConfig
 from tasks.serving.index import build_index, index_dir, index_run

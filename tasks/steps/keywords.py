@@ -14,7 +14,6 @@ from tasks.text.backends import load_backend
 from tasks.text.keywords import run_keywords
 
 
-# ------------------------------------------------------------------ the Prefect task
 def _keywords_outputs(inputs: dict[str, Any]) -> list[Path]:
     root = root_of(inputs)
     return [root.clean_images, root.clean_captions, root.keywords]

@@ -19,7 +19,6 @@ from tasks.training.promotion import NIGHTS_PLOT, model_history, promote
 from tasks.training.runs import final_stage_store
 
 
-# ------------------------------------------------------------------ the Prefect task
 def _promotion_reads(inputs: dict[str, Any]) -> list[Path]:
     """A candidate is decided on once: not ``in_use.json``, which the decision itself (or a
     rollback, a person's decision that a rerun must not undo) changes."""

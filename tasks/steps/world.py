@@ -112,7 +112,6 @@ def corpus_clock(corpus: str | Path) -> float | None:
     return read_clock(corpus)
 
 
-# ------------------------------------------------------------------ the Prefect task
 @pipeline_task("world", ("tasks.steps.world", "webvse_world"), writes=lambda i: [root_of(i).world_dir / MARKER])
 def world_step(root: str, settings: WorldConfig) -> dict[str, str]:
     """Generate (or reuse) the offline world; returns the split file and corpus folder."""
