@@ -152,7 +152,7 @@ class VectorsConfig(Section):
 
 class TrainConfig(Section):
     """Stage I (and the baseline) and Stage II. The defaults are the paper's, declared once in
-    :mod:`webvse_model` (``StageConfig``, ``CurriculumSchedule``, ``ModelConfig``) and read from
+    :mod:`webvse_model.settings` (``StageConfig``, ``CurriculumSchedule``, ``ModelConfig``) and read from
     there, so this section, the command-line flags and a run's ``config.json`` cannot disagree."""
 
     loss: LossVariant = Field(StageConfig.loss, description="sum of the negatives (vse) or the hardest one (vse++)")
