@@ -28,7 +28,7 @@ def _evaluation_reads(inputs: dict[str, Any]) -> list[Path]:
 
 @pipeline_task(
     "evaluate",
-    ("tasks.steps.evaluate", "tasks.reporting.evaluation", "tasks.reporting.plots", "tasks.data", "webvse_model"),
+    ("tasks.steps.evaluate", "tasks.reporting.evaluation", "tasks.reporting.plots", "tasks.data.training_data", "webvse_model"),
     reads=_evaluation_reads,
     writes=lambda i: [root_of(i).runs_dir / REPORT_DIR / "results.md"],
 )

@@ -70,7 +70,7 @@ def _summary(run: Path, result: StageResult) -> dict[str, Any]:
     return {"run_dir": str(run), "best_rsum": result.best_rsum, "best_epoch": result.best_epoch}
 
 
-_TRAINING_MODULES = ("tasks.steps.training", "tasks.training.runs", "tasks.data", "webvse_model")
+_TRAINING_MODULES = ("tasks.steps.training", "tasks.training.runs", "tasks.data.training_data", "webvse_model")
 
 
 def _stage_outputs(run: Path, stage: str) -> list[Path]:
