@@ -118,3 +118,22 @@ def test_each_room_imports_only_what_its_layer_allows() -> None:
                 if any(module == name or module.startswith(name + ".") for name in forbidden):
                     broken.append(f"{path.relative_to(ROOT)} imports {module}")
     assert broken == []
+
+
+def test_the_world_section_s_defaults_are_the_world_generator_s() -> None:
+    """The ``world`` section (what the demo and ``webvse world`` use) and the generator's own size
+    classes (what the tests and benchmarks call directly) describe one world; production may not
+    import the stand-in, so the two declarations are pinned equal here rather than shared.
+    Wrong version: one side's ``train: 3000`` changed alone."""
+    from tasks.pipeline_config import WorldConfig
+    from tasks.steps.world import WorldSettings
+    from webvse_world.clean import CleanSizes
+    from webvse_world.web import WebSizes
+
+    section = WorldConfig()
+    clean, web = CleanSizes(), WebSizes()
+    assert (section.train, section.val, section.test) == (clean.train, clean.val, clean.test)
+    assert (section.photos_per_object, section.owners, section.nights, section.uploads_per_night) == (
+        web.photos_per_object, web.owners, web.nights, web.uploads_per_night,
+    )  # fmt: skip
+    assert section.seed == WorldSettings().seed

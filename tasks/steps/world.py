@@ -1,8 +1,9 @@
-"""World step: generate the offline default world under the data root, once.
+"""The world step, and the one bridge from production to the offline stand-in (:mod:`webvse_world`).
 
-Plain functions (the flow wraps them). Generation is deterministic from the seed and
-skipped when a complete world for the same settings is already there (a marker file
-holding the settings is written last, so a crash mid-way regenerates).
+The step generates the offline default world under the data root, once: deterministic from the
+seed, and skipped when a complete world for the same settings is already there (a marker file
+holding the settings is written last, so a crash mid-way regenerates). The bridge: the local
+corpus served for a crawl (:func:`crawl_local`), its clock, and ``webvse flickr-server``.
 """
 
 from __future__ import annotations
