@@ -1,5 +1,9 @@
 """The ``webvse`` flow: keywords -> crawl -> features -> vectors -> stage1 -> stage2 -> evaluate -> promote -> index.
 
+Steps that do not depend on each other run at once (:func:`tasks.orchestration.concurrently`):
+the world's web corpus renders while the keywords step tags the captions, Word2Vec trains beside
+the CNN features, and on the CPU the two Stage I runs train side by side, sharing the cores.
+
 Composition only. Each step is a task of ``tasks/`` with its own retries and a cache
 keyed on its parameters, its code and the content of the files it reads (see
 :mod:`tasks.orchestration`), so a second run of the same configuration is served
@@ -19,7 +23,9 @@ prefect-dask's DaskTaskRunner, and :mod:`flows.dask_pipeline` is that flow for d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from prefect import flow, unmapped
@@ -28,7 +34,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from storage.errors import InputError
 from tasks.data.training_data import DataSource
 from tasks.imaging.features import features_id
-from tasks.orchestration import StepOutcome, StepPlan, configured
+from tasks.orchestration import StepOutcome, StepPlan, concurrently, configured
 from tasks.pipeline_config import PipelineConfig, Step
 from tasks.reporting.evaluation import model_in_use
 from tasks.steps.crawl import crawl_night, crawl_step
@@ -39,7 +45,8 @@ from tasks.steps.keywords import keywords_step
 from tasks.steps.promote import promote_step
 from tasks.steps.training import stage1_step, stage2_step
 from tasks.steps.vectors import vectors_step
-from tasks.steps.world import world_step
+from tasks.steps.world import world_corpus_step, world_step
+from tasks.training.core_share import trains_side_by_side
 from tasks.training.promotion import test_rsum_of
 from tasks.training.runs import run_settings
 
@@ -70,27 +77,50 @@ def prepare_data(config: PipelineConfig, plan: StepPlan, nightly: bool = False) 
     root = config.root.ensure_writable()
     data_root = str(root.root)
     done: dict[str, StepOutcome] = {}
-    if plan.runs("world") and config.uses_world:
+    world = plan.runs("world") and config.uses_world
+    if world:
         done["world"] = configured(world_step, "world", root, plan, config.retries).outcome(data_root, config.world)
-    if plan.runs("keywords"):
-        keywords = configured(keywords_step, "keywords", root, plan, config.retries)
-        done["keywords"] = keywords.outcome(data_root, config.karpathy_path(), config.dataset.image_root, config.keywords)
+
+    def keywords() -> StepOutcome:
+        step = configured(keywords_step, "keywords", root, plan, config.retries)
+        return step.outcome(data_root, config.karpathy_path(), config.dataset.image_root, config.keywords)
+
+    def corpus() -> StepOutcome:
+        return configured(world_corpus_step, "world", root, plan, config.retries).outcome(data_root, config.world)
+
+    # the keywords need the clean dataset only: the world's web corpus renders beside them (the crawl needs both)
+    tagging: dict[str, Callable[[], StepOutcome]] = {"keywords": keywords} if plan.runs("keywords") else {}
+    if world:
+        tagging["corpus"] = corpus
+    outcomes = dict(zip(tagging, concurrently(list(tagging.values())), strict=True))
+    if "keywords" in outcomes:
+        done["keywords"] = outcomes["keywords"]
+    if "corpus" in outcomes:
+        clean = done["world"]
+        done["world"] = StepOutcome(clean.value | outcomes["corpus"].value, clean.cached and outcomes["corpus"].cached)
     if plan.runs("crawl"):
         night = crawl_night(config.corpus_path()) if nightly else None
         done["crawl"] = configured(crawl_step, "crawl", root, plan, config.retries).outcome(
             data_root, config.crawl, config.corpus_path(), night
         )
-    if plan.runs("features"):
+
+    def features() -> StepOutcome:
         if config.features.parallel_shards > 1:
             chunks = feature_chunks_step(
                 data_root, config.features, config.features.parallel_shards, config.device, config.precision
             )
             shards = configured(features_shard_step, "features", root, plan, config.retries)
             shards.map(data_root, chunks, unmapped(config.features), unmapped(config.device), unmapped(config.precision)).result()
-        features = configured(features_step, "features", root, plan, config.retries)
-        done["features"] = features.outcome(data_root, config.features, config.device, config.precision)
-    if plan.runs("vectors"):
-        done["vectors"] = configured(vectors_step, "vectors", root, plan, config.retries).outcome(data_root, config.vectors)
+        step = configured(features_step, "features", root, plan, config.retries)
+        return step.outcome(data_root, config.features, config.device, config.precision)
+
+    def vectors() -> StepOutcome:
+        return configured(vectors_step, "vectors", root, plan, config.retries).outcome(data_root, config.vectors)
+
+    # independent of each other: Word2Vec (one core) beside the CNN
+    independent: dict[Step, Callable[[], StepOutcome]] = {"features": features, "vectors": vectors}
+    last = {name: call for name, call in independent.items() if plan.runs(name)}
+    done |= dict(zip(last, concurrently(list(last.values())), strict=True))
     feature_model = features_id(config.features.encoder, config.device, config.precision)
     skip = config.features.on_bad_image == "skip"
     source = DataSource(
@@ -124,10 +154,10 @@ def webvse(
 
     runs: dict[str, str] = {}
     if plan.runs("stage1"):
-        # one after the other: torch's global RNG seeds each model's initial weights
         variants = ({"baseline": 0.0} if config.train.baseline else {}) | {"webly": None}
-        stage1 = {
-            label: step("stage1", stage1_step)(
+        calls = [
+            partial(
+                step("stage1", stage1_step),
                 data_root,
                 source,
                 run_settings(config.train, config.device, lam, config.precision),
@@ -135,7 +165,9 @@ def webvse(
                 fresh=plan.fresh("stage1"),
             )
             for label, lam in variants.items()
-        }
+        ]
+        trained = concurrently(calls) if trains_side_by_side(config.device) else [call() for call in calls]
+        stage1 = dict(zip(variants, trained, strict=True))
         runs = {label: result["run_dir"] for label, result in stage1.items()}
         if plan.runs("stage2") and config.train.stage2_epochs > 0:
             in_use = model_in_use(root) if nightly else None

@@ -9,13 +9,15 @@ live under ``<data root>/cache/prefect``, next to the data they describe.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import inspect
 import logging
 import signal
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -285,3 +287,20 @@ def configured(task: Task[Any, Any], step: Step, root: DataRoot, plan: StepPlan,
         retry_jitter_factor=jitter,
     )
     return StepCall(options, plan.fresh(step))
+
+
+def concurrently(calls: Sequence[Callable[[], R]]) -> list[R]:
+    """Run independent step calls at once and return their values in order; the first error is
+    raised once every call has ended. The first call runs in the calling thread (the flow's:
+    where the allocator tuning of :mod:`webvse_model.allocator` applies, so put the CNN there),
+    each other one in a thread of its own within the current flow run (its context is copied,
+    as Prefect's thread pool does)."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(len(calls) - 1, thread_name_prefix="webvse-step") as pool:
+        others = [pool.submit(contextvars.copy_context().run, call) for call in calls[1:]]
+        try:
+            first = calls[0]()
+        finally:
+            wait(others)
+        return [first, *(future.result() for future in others)]

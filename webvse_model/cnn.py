@@ -42,14 +42,18 @@ class EncoderSpec:
     dim: int
     normalisation: str  # imagenet | tflite
     builder: Callable[[str | None], tuple[nn.Module, nn.Module | None]]
+    folded: bool = False  # batch norms folded into the convolutions (see _folded_for_inference)
 
     @property
     def encoder_id(self) -> str:
         return f"{self.name}-r256c224-{self.normalisation}"
 
     def features_id(self, bf16: bool) -> str:
-        """The encoder id and the precision of the forward: the features' cache folder (bf16 rows differ)."""
-        return self.encoder_id + feature_precision_suffix(bf16)
+        """The encoder id and the precision of the forward: the features' cache folder (bf16 rows
+        differ). A folded network's bf16 rows differ from the unfolded one's too (cosine >= 0.996,
+        as much as bf16 from fp32), so they are named apart; its fp32 rows equal them to 1e-5."""
+        folded = "-folded" if bf16 and self.folded else ""
+        return self.encoder_id + feature_precision_suffix(bf16) + folded
 
     def transform(self) -> T.Compose:
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.normalisation == "imagenet" else (TFLITE_MEAN, TFLITE_STD)
@@ -77,7 +81,51 @@ def _efficientnet_lite0(weights_path: str | None) -> tuple[nn.Module, nn.Module 
     net = EfficientNet.from_name("efficientnet-lite0")
     path = weights_path or EfficientnetLite0ModelFile.get_model_file_path()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    return _LiteFeatures(net), net._fc
+    return _LiteFeatures(_folded_for_inference(net)), net._fc
+
+
+# Each convolution of EfficientNet-Lite and the batch norm that follows it, by attribute name.
+_LITE_CONV_BN = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"), ("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
+                 ("_project_conv", "_bn2"))  # fmt: skip
+
+
+def _folded_for_inference(net: nn.Module) -> nn.Module:
+    """The same function with less work per image, for inference only (it cannot train).
+
+    * Every batch norm is folded into the convolution before it (eval-mode BN is an affine map
+      per channel): 49 fewer passes over the activations.
+    * A symmetric TF-style "same" padding becomes the convolution's own padding instead of a
+      padded copy of the input (the stride-2 layers' asymmetric padding stays explicit).
+
+    fp32 features equal the unfolded network's to float rounding (max abs difference ~1e-5);
+    bf16 ones differ at bf16's own scale, so their features id says ``-folded``
+    (:meth:`EncoderSpec.features_id`). On the 2-core development machine the bf16 forward at
+    batch 8 runs at 92.1 img/s against 79.0 unfolded (1.17x; medians of 30 interleaved rounds).
+    """
+    for module in net.modules():
+        for conv_name, bn_name in _LITE_CONV_BN:
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                _fold_batch_norm(conv, bn)
+                setattr(module, bn_name, nn.Identity())
+    for module in net.modules():
+        pad = getattr(module, "static_padding", None)
+        if isinstance(module, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                module.padding = (top, left)
+                module.static_padding = nn.Identity()
+    return net
+
+
+@torch.no_grad()
+def _fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """``bn(conv(x))`` as one convolution with a bias, using the batch norm's running statistics."""
+    assert bn.running_mean is not None and bn.running_var is not None  # eval-mode statistics
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
 
 
 def _torchvision(name: str) -> Callable[[str | None], tuple[nn.Module, nn.Module | None]]:
@@ -114,8 +162,10 @@ _BUILDERS: dict[str, Callable[[str | None], tuple[nn.Module, nn.Module | None]]]
     "resnet152": _torchvision("resnet152"),
     "vgg19": _torchvision("vgg19"),
 }
+_FOLDED = frozenset({"efficientnet-lite0"})
 ENCODERS: dict[str, EncoderSpec] = {
-    name: EncoderSpec(name, dim, normalisation, _BUILDERS[name]) for name, (dim, normalisation) in ENCODER_SHAPES.items()
+    name: EncoderSpec(name, dim, normalisation, _BUILDERS[name], folded=name in _FOLDED)
+    for name, (dim, normalisation) in ENCODER_SHAPES.items()
 }
 
 
@@ -138,6 +188,8 @@ def encoder_of_features(features_id: str) -> tuple[EncoderSpec, bool]:
         for bf16 in (False, True):
             if spec.features_id(bf16) == features_id:
                 return spec, bf16
+        if spec.folded and features_id == spec.encoder_id + feature_precision_suffix(True):
+            return spec, True  # bf16 rows of the network before it was folded (a run trained on them still serves)
     raise InputError(f"{features_id!r} names no known encoder's features (known: {sorted(ENCODERS)})")
 
 

@@ -10,6 +10,8 @@ similarity the ranking loss and the metrics work on.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -106,3 +108,16 @@ class JointEmbedding(nn.Module):
         if self.tag is None:
             raise InputError("this model has no tag branch (model.tag_dim = 0)")
         return self.tag(tag_vectors)
+
+
+_SEEDING = threading.Lock()
+
+
+def seeded_model(config: ModelConfig, seed: int) -> JointEmbedding:
+    """A run's initial weights: a function of ``(config, seed)`` alone, also when runs start at
+    once in threads of one process. The layers draw from torch's global RNG, so it is borrowed
+    under a lock, seeded, and given back as it was (training itself never draws from it: batch
+    order comes from numpy, seeded per epoch, and the model has no dropout)."""
+    with _SEEDING, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return JointEmbedding(config)

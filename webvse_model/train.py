@@ -28,11 +28,12 @@ import torch
 
 from storage.checkpoints import CheckpointStore
 from storage.errors import InputError
+from webvse_model.allocator import keep_freed_memory_for_reuse
+from webvse_model.branch_precision import BranchPrecision, choose_branch_precision
 from webvse_model.data import CaptionedImages, WebPairs, batch_slices, caption_batch, epoch_order
 from webvse_model.encoders import JointEmbedding
 from webvse_model.inference import evaluate_split
 from webvse_model.losses import ranking_loss
-from webvse_model.precision import use_bf16
 from webvse_model.settings import ConfigError, LossVariant, ModelConfig, StageConfig
 
 CHECKPOINT_FORMAT = "webvse-checkpoint-1"
@@ -118,10 +119,12 @@ class Trainer:
         on_epoch: Callable[[EpochRecord], None] | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
+        keep_freed_memory_for_reuse()
         self.model = model.to(device)
         self.config = config
         self.device = device
-        self.use_bf16 = use_bf16(precision, device)  # autocast of the branches; losses and optimizer stay fp32
+        self.precision = precision  # per branch, resolved on first use (see branch_precision); losses and optimizer stay fp32
+        self._branch_precision: BranchPrecision | None = None
         self.store = CheckpointStore(checkpoint_dir)
         self.on_epoch = on_epoch
         self.log = log
@@ -133,6 +136,13 @@ class Trainer:
                 module.requires_grad_(False)
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_decay_every, gamma=config.lr_decay)
+
+    @property
+    def branch_precision(self) -> BranchPrecision:
+        """Which branches run under bf16 autocast: the checkpoint's choice when resuming, else chosen now."""
+        if self._branch_precision is None:
+            self._branch_precision = choose_branch_precision(self.precision, self.model, self.config.batch_size, self.device)
+        return self._branch_precision
 
     # ---------------------------------------------------------------- checkpoints
     def _state(self, next_epoch: int, best_rsum: float, best_epoch: int, history: list[EpochRecord]) -> dict[str, Any]:
@@ -147,6 +157,7 @@ class Trainer:
             "best_rsum": best_rsum,
             "best_epoch": best_epoch,
             "history": [asdict(r) for r in history],
+            "bf16_branches": sorted(self.branch_precision.bf16),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -163,6 +174,8 @@ class Trainer:
         torch.set_rng_state(state["rng_cpu"].cpu())
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        if "bf16_branches" in state:  # a resumed run keeps the precision it began with
+            self._branch_precision = BranchPrecision(frozenset(state["bf16_branches"]), "as the run began")
         history = [EpochRecord(**r) for r in state["history"]]
         return int(state["next_epoch"]), float(state["best_rsum"]), int(state["best_epoch"]), history
 
@@ -173,16 +186,20 @@ class Trainer:
 
     def _caption_step_loss(self, data: CaptionedImages, rows: np.ndarray) -> torch.Tensor:
         cfg = self.config
-        batch = caption_batch(data, rows, self.device)
-        images = self.model.encode_images(batch.features)
+        autocast, device = self.branch_precision.autocast, self.device
+        batch = caption_batch(data, rows, device)
+        with autocast(device, "image"):
+            images = self.model.encode_images(batch.features)
         loss = images.new_zeros((), dtype=torch.float32)
         if cfg.lambda_sentence > 0:
-            captions = self.model.encode_captions(batch.tokens, batch.lengths)
+            with autocast(device, "sentence"):
+                captions = self.model.encode_captions(batch.tokens, batch.lengths)
             loss = loss + cfg.lambda_sentence * self._loss(images, captions, batch.image_ids)
         if cfg.lambda_tag > 0 and batch.tag_vectors is not None and batch.has_tags is not None:
             mask = batch.has_tags
             if int(mask.sum()) >= 2:
-                tags = self.model.encode_tags(batch.tag_vectors[mask])
+                with autocast(device, "tag"):
+                    tags = self.model.encode_tags(batch.tag_vectors[mask])
                 loss = loss + cfg.lambda_tag * self._loss(images[mask], tags, batch.image_ids[mask])
         return loss
 
@@ -190,7 +207,11 @@ class Trainer:
         features = torch.from_numpy(data.features[rows]).to(self.device, non_blocking=True)
         tag_vectors = torch.from_numpy(data.tag_vectors[rows]).to(self.device, non_blocking=True)
         ids = torch.from_numpy(rows).to(self.device)
-        return self.config.lambda_tag * self._loss(self.model.encode_images(features), self.model.encode_tags(tag_vectors), ids)
+        with self.branch_precision.autocast(self.device, "image"):
+            images = self.model.encode_images(features)
+        with self.branch_precision.autocast(self.device, "tag"):
+            tags = self.model.encode_tags(tag_vectors)
+        return self.config.lambda_tag * self._loss(images, tags, ids)
 
     def _epoch_batches(self, train: CaptionedImages | WebPairs, epoch: int) -> list[np.ndarray]:
         cfg = self.config
@@ -215,11 +236,10 @@ class Trainer:
                 started = time.perf_counter()
             if step == _ESTIMATE_AFTER_STEPS + 2 and not self._estimated:
                 self._log_estimate((time.perf_counter() - started) / _ESTIMATE_AFTER_STEPS, len(batches), epoch)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-                if isinstance(train, WebPairs):
-                    loss = self._web_step_loss(train, rows)
-                else:
-                    loss = self._caption_step_loss(train, rows)
+            if isinstance(train, WebPairs):
+                loss = self._web_step_loss(train, rows)
+            else:
+                loss = self._caption_step_loss(train, rows)
             self.optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
@@ -276,6 +296,8 @@ class Trainer:
             if self.on_epoch is not None:  # the checkpoint's history is authoritative: replay it
                 for record in history:
                     self.on_epoch(record)
+        if start_epoch < cfg.epochs:
+            self.log(f"{cfg.name}: {self.branch_precision.describe()}")
 
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()

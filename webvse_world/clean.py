@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.atomic import atomic_write_text
 from storage.layout import WORLD_DATASET_FILE
 from webvse_model.text import tokenize
 from webvse_world.concepts import OBJECTS, zipf_weights
-from webvse_world.scenes import captions, jpeg_bytes, render, sample_scene
+from webvse_world.scenes import captions, render, sample_scene, write_jpeg
 
 DATASET_FILE = WORLD_DATASET_FILE
 
@@ -46,7 +46,7 @@ def _make_image(args: tuple[str, int, int, str, CleanSizes]) -> dict[str, Any]:
     rng = np.random.default_rng([seed, ["train", "val", "test"].index(split), index])
     scene = sample_scene(rng, _split_probs(split, sizes))
     filename = f"{split}_{index:05d}.jpg"
-    atomic_write_bytes(Path(folder) / "images" / filename, jpeg_bytes(render(scene, rng)))
+    write_jpeg(Path(folder) / "images" / filename, render(scene, rng))
     sentences = [{"raw": c, "tokens": tokenize(c)} for c in captions(scene, rng)]
     return {"filename": filename, "filepath": "images", "split": split, "sentences": sentences, "concepts": scene.concepts()}
 

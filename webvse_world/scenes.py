@@ -14,6 +14,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -198,6 +199,14 @@ def jpeg_bytes(image: Image.Image, quality: int = 88) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def write_jpeg(path: Path, image: Image.Image) -> None:
+    """Write a rendered image plainly, without an atomic write's fsyncs: what commits generated
+    images is the file their generator writes last (``dataset_world.json``, ``photos.parquet``,
+    and the world's marker after both); a crash before it generates them all again. The fsyncs
+    only cost time: the default world in 17 s instead of 22 (2 cores)."""
+    path.write_bytes(jpeg_bytes(image))
 
 
 # --------------------------------------------------------------------------- captions

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.atomic import atomic_write_text
 from storage.errors import InputError
 from storage.tables import FLICKR_CORPUS, write_table
 from webvse_world.concepts import BACKGROUNDS, COLOURS, OBJECTS, SIZES
-from webvse_world.scenes import IMAGE_SIZE, Scene, jpeg_bytes, pluralise, render, sample_scene
+from webvse_world.scenes import IMAGE_SIZE, Scene, pluralise, render, sample_scene, write_jpeg
 
 PHOTOS_FILE = "photos.parquet"
 CLOCK_FILE = "clock.json"
@@ -126,7 +126,7 @@ def _photo(args: tuple[int, int, str, str, int, int, str]) -> dict[str, object]:
     scene = sample_scene(scene_rng, np.full(len(OBJECTS), 1 / len(OBJECTS)), first=obj, second_p=0.4)
     photo_id = str(5_000_000_000 + n * 7919)
     file = f"images/{photo_id}.jpg"
-    atomic_write_bytes(Path(folder) / file, jpeg_bytes(render(scene, rng)))  # floods: same scene, new noise
+    write_jpeg(Path(folder) / file, render(scene, rng))  # floods: same scene, new noise
     return {
         "photo_id": photo_id, "owner": owner, "ownername": f"user{owner.split('@')[0][-4:]}", "title": _title(scene, rng, n),
         "tags": noisy_tags(scene, rng), "license": int(rng.choice(len(LICENSES), p=LICENSE_WEIGHTS / LICENSE_WEIGHTS.sum())),

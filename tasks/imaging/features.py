@@ -44,11 +44,13 @@ from storage.tables import (
     read_table,
 )
 from tasks.imaging.settings import FeatureSettings
+from webvse_model.allocator import keep_freed_memory_for_reuse
 from webvse_model.cnn import build_encoder, cnn_features, encoder_spec
 from webvse_model.precision import use_bf16
 from webvse_model.train import pick_device
 
 MAX_PIXELS = 60_000_000
+PROGRESS_SECONDS = 10.0
 
 
 def load_rgb(path: str | Path) -> Image.Image:
@@ -112,6 +114,15 @@ def decode_workers(device: torch.device) -> int:
     return min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
 
 
+def forward_batch_size(device: torch.device) -> int:
+    """Images per CNN forward by default. On the CPU a small batch: at 64 the activations of one
+    layer (~50 MB) exceed what glibc's allocator keeps for reuse, so every layer of every batch
+    maps fresh pages and the kernel zeroes them (2 cores, bf16, in a Prefect worker thread:
+    53 img/s at 64, a third of the CPU time in the kernel; 83 img/s at 8; 63 at 4, where
+    per-call overhead takes over). On CUDA a large one, to fill the GPU."""
+    return 64 if device.type == "cuda" else 8
+
+
 def features_id(encoder: str, device: str, precision: str) -> str:
     """The cache folder name of the features this encoder computes on this device at this precision."""
     return encoder_spec(encoder).features_id(use_bf16(precision, pick_device(device)))
@@ -157,6 +168,7 @@ def compute_features(
     root: DataRoot, images: pd.DataFrame, settings: FeatureSettings = FeatureSettings(), log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Encode the images that have no row yet; returns counts and throughput."""
+    keep_freed_memory_for_reuse()  # activations are reused, not page-faulted in again every batch
     spec, net, _ = build_encoder(settings.encoder, settings.weights_path)
     device = pick_device(settings.device)
     bf16 = use_bf16(settings.precision, device)
@@ -181,14 +193,15 @@ def compute_features(
         log(f"features: decoding in this process (a daemonic worker cannot start {workers} decode workers)")
         workers = 0
     loader = DataLoader(
-        ImageFiles(todo["path"].tolist(), spec.transform()), batch_size=settings.batch_size, num_workers=workers,
+        ImageFiles(todo["path"].tolist(), spec.transform()), batch_size=settings.batch_size or forward_batch_size(device),
+        num_workers=workers,
         collate_fn=_collate, pin_memory=cuda, persistent_workers=False,
         # Workers start from a clean forkserver, not a fork of this process: under Prefect this
         # process runs API-logging and event threads, and a forked copy of them killed a worker
         # (exit code 1, no traceback) in the middle of the demo's 5,472 images.
         multiprocessing_context="forkserver" if workers > 0 else None,
     )  # fmt: skip
-    started = time.perf_counter()
+    started = next_report = time.perf_counter()
     pending_sha: list[str] = []
     pending_vec: list[np.ndarray] = []
 
@@ -199,7 +212,7 @@ def compute_features(
             pending_vec.clear()
 
     with torch.inference_mode():
-        for batch_number, (indices, batch, bad) in enumerate(loader):
+        for indices, batch, bad in loader:
             if bad:
                 rows = pd.DataFrame([{"sha256": todo["sha256"][i], "path": todo["path"][i], "reason": r} for i, r in bad])
                 append_rows(failures_path, rows, FEATURE_FAILURES)
@@ -211,7 +224,8 @@ def compute_features(
             counts["computed"] += len(indices)
             if len(pending_sha) >= settings.shard_rows:
                 flush()
-            if batch_number % 20 == 0:
+            if time.perf_counter() >= next_report:  # progress every ~10 s, whatever the batch size
+                next_report = time.perf_counter() + PROGRESS_SECONDS
                 log(f"features: {counts['computed'] + counts['failed']}/{len(todo)} images ({features_id}, {device})")
     flush()
     seconds = time.perf_counter() - started

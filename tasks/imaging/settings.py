@@ -16,7 +16,7 @@ from webvse_model.settings import DEFAULT_ENCODER
 class FeatureSettings:
     encoder: str = DEFAULT_ENCODER
     weights_path: str | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # images per CNN forward; None = forward_batch_size(device)
     workers: int | None = None  # decode processes; None = decode_workers(device)
     shard_rows: int = 512  # a shard is committed every ~512 images: an interrupted pass loses at most that much work
     device: str = "auto"

@@ -31,11 +31,11 @@ from webvse_world.web import PHOTOS_FILE, WebSizes, advance_clock, generate_web_
 
 __all__ = [
     "CleanSizes", "CorpusError", "Faults", "MirflickrImport", "WebSizes", "WorldSettings", "advance_clock", "generate_world",
-    "import_mirflickr", "serve_corpus",
+    "generate_clean_world", "generate_web_world", "import_mirflickr", "serve_corpus",
 ]  # fmt: skip
 SERVER_KEY_ENV = "WEBVSE_FLICKR_SERVER_KEY"
 
-MARKER = "world.json"
+CLEAN_MARKER, CORPUS_MARKER = "clean.json", "corpus.json"  # in world/: the settings each part was generated with
 
 
 @dataclass(frozen=True)
@@ -46,34 +46,65 @@ class WorldSettings:
 
 
 @dataclass(frozen=True)
-class WorldPaths:
-    karpathy_json: Path
-    corpus_dir: Path
+class WorldPart:
+    path: Path  # the clean set's split file, or the corpus folder
     seconds: float
     reused: bool
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+def _folder_mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def generate_world(root: DataRoot, settings: WorldSettings = WorldSettings(), log: Callable[[str], None] = print) -> WorldPaths:
-    """The clean dataset and the web corpus under ``root.world_dir`` (reused if up to date)."""
-    marker = root.world_dir / MARKER
-    wanted = json.dumps(asdict(settings), sort_keys=True)
-    karpathy, corpus = root.world_dataset, root.world_corpus_dir
-    if marker.is_file() and marker.read_text() == wanted and karpathy.is_file() and (corpus / PHOTOS_FILE).is_file():
-        return WorldPaths(karpathy, corpus, 0.0, reused=True)
+def _generate_once(
+    marker: Path, wanted: dict[str, Any], done: Path, result: Path, make: Callable[[], object], log: Callable[[str], None]
+) -> WorldPart:
+    """Run ``make`` unless ``marker`` holds the same settings and its last file ``done`` exists.
+    The marker is written last, so a crash mid-way generates that part again."""
+    text = json.dumps(wanted, sort_keys=True)
+    if marker.is_file() and marker.read_text() == text and done.is_file():
+        return WorldPart(result, 0.0, reused=True)
     started = time.perf_counter()
-    c = settings.clean
-    log(f"world: rendering {c.train + c.val + c.test} captioned images into {root.world_clean_dir}")
-    generate_clean_dataset(root.world_clean_dir, c, settings.seed)
-    log(f"world: rendering the web corpus ({settings.web.photos_per_object} photos per object) into {corpus}")
-    generate_web_corpus(corpus, settings.web, settings.seed)
-    atomic_write_text(marker, wanted)
+    make()
+    atomic_write_text(marker, text)
     seconds = time.perf_counter() - started
-    log(f"world: done in {seconds:.1f}s, {_folder_bytes(root.world_dir) / 2**20:.1f} MiB")
-    return WorldPaths(karpathy, corpus, seconds, reused=False)
+    log(f"world: {marker.stem} done in {seconds:.1f}s, {_folder_mib(done.parent):.1f} MiB")
+    return WorldPart(result, seconds, reused=False)
+
+
+def generate_clean_world(
+    root: DataRoot, settings: WorldSettings = WorldSettings(), log: Callable[[str], None] = print
+) -> WorldPart:
+    """The clean captioned dataset under ``root.world_clean_dir`` (reused if up to date): what the keywords step reads."""
+    c = settings.clean
+
+    def make() -> None:
+        log(f"world: rendering {c.train + c.val + c.test} captioned images into {root.world_clean_dir}")
+        generate_clean_dataset(root.world_clean_dir, c, settings.seed)
+
+    wanted = {"clean": asdict(c), "seed": settings.seed}
+    return _generate_once(root.world_dir / CLEAN_MARKER, wanted, root.world_dataset, root.world_dataset, make, log)
+
+
+def generate_web_world(
+    root: DataRoot, settings: WorldSettings = WorldSettings(), log: Callable[[str], None] = print
+) -> WorldPart:
+    """The Flickr-like web corpus under ``root.world_corpus_dir`` (reused if up to date): what the crawl searches."""
+    corpus = root.world_corpus_dir
+
+    def make() -> None:
+        log(f"world: rendering the web corpus ({settings.web.photos_per_object} photos per object) into {corpus}")
+        generate_web_corpus(corpus, settings.web, settings.seed)
+
+    wanted = {"web": asdict(settings.web), "seed": settings.seed}
+    return _generate_once(root.world_dir / CORPUS_MARKER, wanted, corpus / PHOTOS_FILE, corpus, make, log)
+
+
+def generate_world(
+    root: DataRoot, settings: WorldSettings = WorldSettings(), log: Callable[[str], None] = print
+) -> tuple[WorldPart, WorldPart]:
+    """Both parts of the offline world, one after the other (the flow renders the corpus beside the keywords step)."""
+    return generate_clean_world(root, settings, log), generate_web_world(root, settings, log)
 
 
 def serve_corpus(corpus: str | Path, port: int, faults: Faults = Faults(), access_log: bool = False) -> None:
@@ -113,12 +144,24 @@ def corpus_clock(corpus: str | Path) -> float | None:
     return read_clock(corpus)
 
 
-@pipeline_task("world", ("tasks.steps.world", "webvse_world"), writes=lambda i: [root_of(i).world_dir / MARKER])
-def world_step(root: str, settings: WorldConfig) -> dict[str, str]:
-    """Generate (or reuse) the offline world; returns the split file and corpus folder."""
+def world_settings(settings: WorldConfig) -> WorldSettings:
     web = WebSizes(
         settings.photos_per_object, settings.owners, nights=settings.nights, uploads_per_night=settings.uploads_per_night
     )
-    sizes = WorldSettings(CleanSizes(settings.train, settings.val, settings.test), web, settings.seed)
-    paths = generate_world(DataRoot.resolve(root), sizes, log=step_logger())
-    return {"karpathy": str(paths.karpathy_json), "corpus": str(paths.corpus_dir)}
+    return WorldSettings(CleanSizes(settings.train, settings.val, settings.test), web, settings.seed)
+
+
+@pipeline_task("world", ("tasks.steps.world", "webvse_world"), writes=lambda i: [root_of(i).world_dir / CLEAN_MARKER])
+def world_step(root: str, settings: WorldConfig) -> dict[str, str]:
+    """Generate (or reuse) the offline world's clean dataset; returns its split file."""
+    part = generate_clean_world(DataRoot.resolve(root), world_settings(settings), log=step_logger())
+    return {"karpathy": str(part.path)}
+
+
+@pipeline_task("world-corpus", ("tasks.steps.world", "webvse_world"), writes=lambda i: [root_of(i).world_dir / CORPUS_MARKER])
+def world_corpus_step(root: str, settings: WorldConfig) -> dict[str, str]:
+    """Generate (or reuse) the offline world's web corpus; returns its folder. Part of the world
+    step (``--steps world`` runs both); a task of its own so that it renders while the keywords
+    step tags the captions, which need only the clean dataset."""
+    part = generate_web_world(DataRoot.resolve(root), world_settings(settings), log=step_logger())
+    return {"corpus": str(part.path)}

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from storage.atomic import atomic_write_text
 from storage.checkpoints import CheckpointStore
@@ -26,7 +25,7 @@ from storage.layout import CONFIG_FILE, METRICS_FILE, VOCAB_FILE
 from storage.tables import RUN_METRICS, read_table, write_table
 from tasks.data.training_data import DataSource, load_split, load_web, read_split
 from tasks.pipeline_config import TrainConfig
-from webvse_model.encoders import JointEmbedding
+from webvse_model.encoders import seeded_model
 from webvse_model.settings import ConfigError, CurriculumSchedule, ModelConfig, StageConfig, stage2_defaults
 from webvse_model.text import Vocabulary, tokenize
 from webvse_model.train import EpochRecord, StageResult, Trainer, load_model, pick_device
@@ -100,11 +99,13 @@ def train_run(
     resume: bool = True,
     log: Callable[[str], None] = print,
     stage2_from: Path | None = None,
+    between_epochs: Callable[[], None] | None = None,
 ) -> dict[str, StageResult]:
     """Stage I (and Stage II if configured and the source has web pairs) into ``run_dir``.
 
     Stage II starts from Stage I's best model, or from the final model of the run
-    ``stage2_from`` (the model in use, continued by the nightly cycle; same Stage I)."""
+    ``stage2_from`` (the model in use, continued by the nightly cycle; same Stage I).
+    ``between_epochs`` is called in the training thread before the first epoch and after each one."""
     run = Path(run_dir)
     device = pick_device(settings.device)
     vocab_path = run / VOCAB_FILE
@@ -140,10 +141,16 @@ def train_run(
         f"run {run.name}: {train.num_images} train images / {train.num_captions} captions, vocab {len(vocab)}, "
         f"features {train.feature_dim}-d, tags {tag_dim}-d ({train.images_without_tags} images without tags), device {device}"
     )
-    metrics = MetricsWriter(run, keep_existing=resume)
-    torch.manual_seed(settings.stage1.seed)  # the initial weights are part of the experiment
-    model = JointEmbedding(model_config)
+    writer = MetricsWriter(run, keep_existing=resume)
+    between = between_epochs or (lambda: None)
+
+    def metrics(record: EpochRecord) -> None:
+        writer(record)
+        between()
+
+    model = seeded_model(model_config, settings.stage1.seed)  # the initial weights are part of the experiment
     results: dict[str, StageResult] = {}
+    between()
     stage1 = Trainer(model, settings.stage1, run / "stage1", device, settings.precision, metrics, log)
     results["stage1"] = stage1.fit(train, val, source.captions_per_image, resume)
     if settings.stage2 is not None and web is not None:
