@@ -4,11 +4,12 @@ The baseline is the fastest bare forward this machine can do: the same encoder o
 pre-decoded tensors at the same batch size, channels_last, in bf16 autocast (on a CPU
 without native bf16, the fp32 channels_last forward is the faster one and becomes the
 baseline). fp32 NCHW and fp32 channels_last bare forwards are printed beside it, and the
-cosine of bf16 to fp32 features. End to end reads JPEG files through the DataLoader of
+cosine of bf16 to fp32 features over every image. The batch is the features step's own
+(8 on the CPU) unless ``--batch-size`` says otherwise. End to end reads JPEG files through the DataLoader of
 ``tasks.imaging.features`` at each precision and worker count. Images: the generated world's, or
 ``--images DIR`` (e.g. ../shared/data/flickr8k/images).
 
-    python benchmarks/bench_features.py [--images DIR] [--count 384] [--batch-size 64] [--workers 0 1 2]
+    python benchmarks/bench_features.py [--images DIR] [--count 384] [--batch-size 8] [--workers 0 1 2]
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import pandas as pd
 import torch
 
 from storage.layout import DataRoot
-from tasks.imaging.features import compute_features, load_rgb
+from tasks.imaging.features import compute_features, forward_batch_size, load_rgb
 from tasks.imaging.settings import FeatureSettings
+from webvse_model.allocator import keep_freed_memory_for_reuse
 from webvse_model.cnn import build_encoder
 from webvse_model.precision import cpu_has_native_bf16
 from webvse_model.settings import DEFAULT_ENCODER
@@ -33,25 +35,25 @@ from webvse_world.clean import CleanSizes, generate_clean_dataset
 def bare_forward(
     net: torch.nn.Module, batches: list[torch.Tensor], device: torch.device, channels_last: bool, bf16: bool
 ) -> tuple[float, torch.Tensor]:
-    """(images/s, features of the first batch) of the forward alone."""
+    """(images/s, features of every image) of the forward alone."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(device, memory_format=layout)
     inputs = [b.to(device).contiguous(memory_format=layout) for b in batches]
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        first = net(inputs[0]).float()  # warm-up: oneDNN picks its kernels on the first call
+        net(inputs[0])  # warm-up: oneDNN picks its kernels on the first call
         started = time.perf_counter()
-        for x in inputs:
-            net(x)
+        features = [net(x) for x in inputs]
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return sum(len(b) for b in batches) / (time.perf_counter() - started), first.cpu()
+        seconds = time.perf_counter() - started
+        return sum(len(b) for b in batches) / seconds, torch.cat(features).float().cpu()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", default=None)
     parser.add_argument("--count", type=int, default=384)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the features step's (8 on the CPU, 64 on CUDA)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--encoder", default=DEFAULT_ENCODER)
     parser.add_argument("--device", default="cpu")
@@ -63,6 +65,8 @@ def main() -> None:
         paths = sorted(str(p) for p in folder.rglob("*.jpg"))[: args.count]
         spec, net, _ = build_encoder(args.encoder)
         device = torch.device(args.device)
+        args.batch_size = args.batch_size or forward_batch_size(device)
+        keep_freed_memory_for_reuse()  # as the features step does: the bare forwards run under the same allocator
         transform = spec.transform()
         batches = [
             torch.stack([transform(load_rgb(p)) for p in paths[i : i + args.batch_size]])

@@ -18,7 +18,7 @@ from storage.fingerprint import fingerprint
 from storage.layout import VECTORS_FILE
 from tasks.data.training_data import DataSource
 from tasks.orchestration import attempt_number, pipeline_task, root_of, step_logger
-from tasks.training.core_share import TRAINING_CORES
+from tasks.training.core_share import training_cores
 from tasks.training.runs import RunSettings, final_stage_store, train_run
 from webvse_model.train import StageResult
 
@@ -91,7 +91,7 @@ def stage1_step(root: str, source: DataSource, settings: RunSettings, label: str
     """Stage I (image-sentence + image-tag losses; ``lambda_tag=0`` = the baseline) into its run folder."""
     run = _stage1_dir({"root": root, "source": source, "settings": settings, "label": label})
     _start_over(run, fresh)
-    with TRAINING_CORES.member() as cores:  # Stage I runs may train at once: each on its share of the CPU
+    with training_cores().member() as cores:  # Stage I runs may train at once: each on its share of the CPU
         results = train_run(
             run, source, replace(settings, stage2=None), resume=True, log=step_logger(), between_epochs=cores.rebalance
         )

@@ -60,7 +60,14 @@ class CoreShare:
                 torch.set_num_threads(self._share() if self._active else self._before)
 
 
-TRAINING_CORES = CoreShare()  # one per process: the Stage I runs of a flow share it
+_TRAINING_CORES = CoreShare()  # one per process: the Stage I runs of a flow share it
+
+
+def training_cores() -> CoreShare:
+    """This process's share. Step code calls this rather than naming the instance: a Dask task
+    runner pickles the flow's tasks by value, with the globals their code names, and a lock
+    does not pickle (a function is pickled by reference)."""
+    return _TRAINING_CORES
 
 
 def trains_side_by_side(device: str) -> bool:
