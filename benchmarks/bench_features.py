@@ -27,7 +27,7 @@ from tasks.imaging.features import compute_features, forward_batch_size, load_rg
 from tasks.imaging.settings import FeatureSettings
 from webvse_model.allocator import keep_freed_memory_for_reuse
 from webvse_model.cnn import build_encoder
-from webvse_model.precision import cpu_has_native_bf16
+from webvse_model.precision import cpu_has_amx_bf16, cpu_has_native_bf16, use_bf16
 from webvse_model.settings import DEFAULT_ENCODER
 from webvse_world.clean import CleanSizes, generate_clean_dataset
 
@@ -91,7 +91,12 @@ def main() -> None:
                 rows.append(
                     (precision, workers, compute_features(root, frame, settings, log=lambda m: None)["images_per_second"])
                 )
-    native = f"native bf16 on this CPU: {cpu_has_native_bf16()}" if device.type == "cpu" else ""
+    native = (
+        f"native bf16 on this CPU: {cpu_has_native_bf16()}, AMX-BF16: {cpu_has_amx_bf16()} (precision auto: "
+        f"{'bf16' if use_bf16('auto', device) else 'fp32'})"
+        if device.type == "cpu"
+        else ""
+    )
     print(
         f"{len(paths)} JPEGs, {spec.encoder_id}, batch {args.batch_size}, {device}, {torch.get_num_threads()} torch threads; {native}"
     )

@@ -20,7 +20,7 @@ from tasks.imaging.settings import FeatureSettings
 from tasks.pipeline_config import load_config
 from webvse_model.branch_precision import BF16_MIN_SPEEDUP, BranchPrecision, choose_branch_precision, measure_bf16_speedups
 from webvse_model.encoders import JointEmbedding
-from webvse_model.precision import cpu_flags, cpu_has_native_bf16, use_bf16
+from webvse_model.precision import cpu_flags, cpu_has_amx_bf16, cpu_has_native_bf16, use_bf16
 from webvse_model.settings import ModelConfig, StageConfig
 from webvse_model.text import Vocabulary
 from webvse_model.train import Trainer
@@ -42,6 +42,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path, extra: str, nati
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(CPUINFO.format(vendor="AuthenticAMD", extra=extra))
     assert cpu_has_native_bf16(str(cpuinfo)) is native
+    assert cpu_has_amx_bf16(str(cpuinfo)) is ("amx_bf16" in extra)
     assert ("avx2" in cpu_flags(cpuinfo.read_text())) and not cpu_has_native_bf16(
         str(tmp_path / "absent")
     )  # unknown: never assumed
@@ -50,7 +51,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path, extra: str, nati
 def test_forced_settings_win_and_auto_follows_the_hardware() -> None:
     cpu = torch.device("cpu")
     assert use_bf16("fp32", cpu) is False and use_bf16("bf16", cpu) is True
-    assert use_bf16("auto", cpu) is cpu_has_native_bf16()
+    assert use_bf16("auto", cpu) is cpu_has_amx_bf16()  # the CNN: bf16 only with AMX (see webvse_model.precision)
     with pytest.raises(ValueError, match="precision must be one of"):
         use_bf16("fp16", cpu)
     with pytest.raises(ValueError, match="precision"):

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from webvse_model.encoders import JointEmbedding
-from webvse_model.precision import use_bf16
+from webvse_model.precision import bf16_native, check_precision
 from webvse_model.settings import BRANCHES
 
 BF16_MIN_SPEEDUP = 1.1  # bf16 for a branch only when its forward + backward is at least this much faster
@@ -73,10 +73,10 @@ def choose_branch_precision(
     """Resolve a precision setting for this model on this device (``measure``: how to time the
     branches, :func:`measure_bf16_speedups` unless given)."""
     branches = model_branches(model)
+    check_precision(precision)
     if precision != "auto":
-        use = use_bf16(precision, device)  # validates the setting
-        return BranchPrecision(frozenset(branches) if use else frozenset(), f"{precision} forced")
-    if not use_bf16("auto", device):
+        return BranchPrecision(frozenset(branches) if precision == "bf16" else frozenset(), f"{precision} forced")
+    if not bf16_native(device):
         return BranchPrecision(frozenset(), "no native bf16 on this device")
     if device.type != "cpu":
         return BranchPrecision(frozenset(branches), f"native bf16 on {device.type}")
