@@ -17,7 +17,7 @@ import logging
 import signal
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -299,8 +299,5 @@ def concurrently(calls: Sequence[Callable[[], R]]) -> list[R]:
         return [call() for call in calls]
     with ThreadPoolExecutor(len(calls) - 1, thread_name_prefix="webvse-step") as pool:
         others = [pool.submit(contextvars.copy_context().run, call) for call in calls[1:]]
-        try:
-            first = calls[0]()
-        finally:
-            wait(others)
+        first = calls[0]()  # should it raise, leaving the pool still waits for the others
         return [first, *(future.result() for future in others)]

@@ -1,8 +1,10 @@
 """The world step, and the one bridge from production to the offline stand-in (:mod:`webvse_world`).
 
-The step generates the offline default world under the data root, once: deterministic from the
-seed, and skipped when a complete world for the same settings is already there (a marker file
-holding the settings is written last, so a crash mid-way regenerates). The bridge: the local
+The step generates the offline default world under the data root, once, in two tasks: the clean
+captioned set (what the keywords step reads) and the Flickr-like web corpus (what the crawl
+searches), which the flow renders beside the keywords step. Each is deterministic from the seed
+and skipped when it is already there for the same settings (a marker file per part, holding its
+settings, is written last, so a crash mid-way regenerates that part). The bridge: the local
 corpus served for a crawl (:func:`crawl_local`), its clock, and ``webvse flickr-server``.
 """
 
@@ -30,7 +32,7 @@ from webvse_world.mirflickr import MirflickrImport, import_mirflickr
 from webvse_world.web import PHOTOS_FILE, WebSizes, advance_clock, generate_web_corpus, read_clock
 
 __all__ = [
-    "CleanSizes", "CorpusError", "Faults", "MirflickrImport", "WebSizes", "WorldSettings", "advance_clock", "generate_world",
+    "CleanSizes", "CorpusError", "Faults", "MirflickrImport", "WebSizes", "WorldSettings", "advance_clock",
     "generate_clean_world", "generate_web_world", "import_mirflickr", "serve_corpus",
 ]  # fmt: skip
 SERVER_KEY_ENV = "WEBVSE_FLICKR_SERVER_KEY"
@@ -98,13 +100,6 @@ def generate_web_world(
 
     wanted = {"web": asdict(settings.web), "seed": settings.seed}
     return _generate_once(root.world_dir / CORPUS_MARKER, wanted, corpus / PHOTOS_FILE, corpus, make, log)
-
-
-def generate_world(
-    root: DataRoot, settings: WorldSettings = WorldSettings(), log: Callable[[str], None] = print
-) -> tuple[WorldPart, WorldPart]:
-    """Both parts of the offline world, one after the other (the flow renders the corpus beside the keywords step)."""
-    return generate_clean_world(root, settings, log), generate_web_world(root, settings, log)
 
 
 def serve_corpus(corpus: str | Path, port: int, faults: Faults = Faults(), access_log: bool = False) -> None:
