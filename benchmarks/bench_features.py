@@ -5,7 +5,7 @@ pre-decoded tensors at the same batch size, channels_last, in bf16 autocast (on 
 without native bf16, the fp32 channels_last forward is the faster one and becomes the
 baseline). fp32 NCHW and fp32 channels_last bare forwards are printed beside it, and the
 cosine of bf16 to fp32 features over every image. The batch is the features step's own
-(8 on the CPU) unless ``--batch-size`` says otherwise. End to end reads JPEG files through the DataLoader of
+(8 on the CPU) unless ``--batch-size`` says otherwise. End to end reads JPEG files through the decoding of
 ``tasks.imaging.features`` at each precision and worker count. Images: the generated world's, or
 ``--images DIR`` (e.g. ../shared/data/flickr8k/images).
 
@@ -67,15 +67,17 @@ def main() -> None:
         device = torch.device(args.device)
         args.batch_size = args.batch_size or forward_batch_size(device)
         keep_freed_memory_for_reuse()  # as the features step does: the bare forwards run under the same allocator
-        transform = spec.transform()
+        transform = spec.pixels()
         batches = [
             torch.stack([transform(load_rgb(p)) for p in paths[i : i + args.batch_size]])
             for i in range(0, len(paths), args.batch_size)
         ]
+        # the bare network on inputs normalised beforehand: the step's per-batch normalisation is its cost
+        inputs = [pixels.float().mul_(net.scale).add_(net.shift) for pixels in batches]
         bare = {
-            "fp32, NCHW": bare_forward(net, batches, device, channels_last=False, bf16=False),
-            "fp32, channels_last": bare_forward(net, batches, device, channels_last=True, bf16=False),
-            "bf16 autocast, channels_last": bare_forward(net, batches, device, channels_last=True, bf16=True),
+            "fp32, NCHW": bare_forward(net.net, inputs, device, channels_last=False, bf16=False),
+            "fp32, channels_last": bare_forward(net.net, inputs, device, channels_last=True, bf16=False),
+            "bf16 autocast, channels_last": bare_forward(net.net, inputs, device, channels_last=True, bf16=True),
         }
         cosines = torch.nn.functional.cosine_similarity(bare["fp32, NCHW"][1], bare["bf16 autocast, channels_last"][1])
         baseline_name = max(("bf16 autocast, channels_last", "fp32, channels_last"), key=lambda k: bare[k][0])
@@ -107,7 +109,7 @@ def main() -> None:
     for name, (rate, _) in bare.items():
         print(f"{f'bare forward, {name}':<52}{rate:>8.1f}{rate / baseline:>13.2f}")
     for precision, workers, rate in rows:
-        print(f"{f'end to end, {precision}, {workers} DataLoader workers':<52}{rate:>8.1f}{rate / baseline:>13.2f}")
+        print(f"{f'end to end, {precision}, {workers} decode threads':<52}{rate:>8.1f}{rate / baseline:>13.2f}")
 
 
 if __name__ == "__main__":

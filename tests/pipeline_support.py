@@ -13,7 +13,7 @@ TINY: dict[str, Any] = {
     "world": {"train": 60, "val": 20, "test": 20, "photos_per_object": 4},
     "keywords": {"top_n": 40},
     "crawl": {"per_keyword": 10, "per_page": 50, "max_keywords": 12, "download_workers": 2},
-    "features": {"batch_size": 32, "workers": 1},  # a decode worker: the forkserver path under Prefect
+    "features": {"batch_size": 32, "workers": 1},  # a decode thread: the threaded path under Prefect
     "vectors": {"dim": 32},
     "train": {"epochs": 2, "stage2_epochs": 2, "batch_size": 32, "lr_decay_every": 5,
               "embed_dim": 64, "hidden_dim": 64, "word_dim": 32, "gru_hidden": 64},

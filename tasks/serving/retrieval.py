@@ -232,7 +232,7 @@ class Retriever:
             if self._cnn is None:
                 spec, bf16 = encoder_of_features(self.feature_model)
                 _, net, _ = build_encoder(spec.name)
-                self._cnn = (spec.transform(), net.to(self.device).to(memory_format=torch.channels_last), bf16)
+                self._cnn = (spec.pixels(), net.to(self.device).to(memory_format=torch.channels_last), bf16)
             return self._cnn
 
     def encode_upload(self, data: bytes) -> np.ndarray:
