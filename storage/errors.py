@@ -47,7 +47,7 @@ def is_transient(exc: BaseException) -> bool:
     """Whether trying again may succeed: retries are for these only.
 
     A :class:`TransientError`, a connection or time-out error, or an unexpected crash that is
-    neither a known webvse error nor a programming error (a decode worker killed by the OS,
+    neither a known webvse error nor a programming error (a worker process killed by the OS,
     say: the retry resumes from what was committed).
     """
     if isinstance(exc, TransientError | ConnectionError | TimeoutError):

@@ -126,7 +126,7 @@ class FeaturesConfig(Section):
     workers: int | None = Field(
         FeatureSettings.workers,
         ge=0,
-        description="image decode processes; empty = none on the CPU (the forward uses every core), more on CUDA",
+        description="image decode threads; empty = none on the CPU (the forward uses every core), 4 on CUDA",
     )
     parallel_shards: int = Field(1, ge=1, description="split the images over this many tasks (e.g. one per Dask worker)")
     on_bad_image: Literal["skip", "fail"] = Field(
