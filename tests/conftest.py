@@ -15,12 +15,17 @@ os.environ.pop("PREFECT_API_URL", None)
 # webvse's per-user state (the hourly Flickr budget per key) goes to this run's own folder
 os.environ["WEBVSE_STATE_DIR"] = tempfile.mkdtemp(prefix="webvse-state-")
 
+import prefect.main  # noqa: F401  # configures Prefect's logging now, on the real streams (see below)
 import pytest
 import torch
 
 from webvse_model.datasets.synthetic import SyntheticSizes, generate_synthetic_precomp
 
 torch.set_num_threads(2)
+# Why prefect is imported above: its console log handler keeps the stderr it finds when logging is
+# configured. Configured first inside a test that captures output (capsys), it kept writing to
+# that capture after pytest closed it, and every later flow's log line failed ("I/O operation on
+# closed file", then a RecursionError): tests/test_cli.py failed when run on its own.
 
 TINY = SyntheticSizes(train=600, val=40, test=40, web=400, feature_dim=64, tag_dim=16, noise=0.1)
 
