@@ -125,6 +125,12 @@ def test_decode_threads_give_the_same_batches_in_order(tmp_path: Path) -> None:
     assert [b[2] for b in threaded] == [b[2] for b in inline] == [[], [(5, "zero bytes")], [], []]
     for (_, got, _), (_, expected, _) in zip(threaded, inline, strict=True):
         assert got is not None and expected is not None and got.dtype == torch.uint8 and torch.equal(got, expected)
+    one_by_one = list(decoded_batches(names, pixels, batch_size=1, threads=2))  # 12 batches: more than it runs ahead
+    assert [b[0] for b in one_by_one] == [[i] if i != 5 else [] for i in range(12)]
+    assert [b[2] for b in one_by_one if b[2]] == [[(5, "zero bytes")]]
+    assert torch.equal(
+        torch.cat([b[1] for b in one_by_one if b[1] is not None]), torch.cat([b[1] for b in inline if b[1] is not None])
+    )
     before = {t.name for t in threading.enumerate()}
     batches = decoded_batches(names, pixels, batch_size=2, threads=2)
     next(batches)

@@ -52,6 +52,8 @@ def test_forced_settings_win_and_auto_follows_the_hardware() -> None:
     cpu = torch.device("cpu")
     assert use_bf16("fp32", cpu) is False and use_bf16("bf16", cpu) is True
     assert use_bf16("auto", cpu) is cpu_has_amx_bf16()  # the CNN: bf16 only with AMX (see webvse_model.precision)
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    assert use_bf16("auto", cuda) is False and use_bf16("bf16", cuda) is True  # the CNN on CUDA: fp32 unless forced
     with pytest.raises(ValueError, match="precision must be one of"):
         use_bf16("fp16", cpu)
     with pytest.raises(ValueError, match="precision"):

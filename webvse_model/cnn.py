@@ -12,8 +12,9 @@
 All use the paper's geometry: resize 256, centre crop 224. Each network takes *pixels*: the
 cropped image as uint8 (what decoding produces, a quarter of float32's bytes to copy, pin and
 send to a GPU) and normalises a whole batch on its device, written straight into channels_last
-(:class:`PixelInput`). The *encoder id* names model and preprocessing, and the *features id* adds the forward's precision (``-bf16``), so
-cached features never mix two preprocessings or two precisions.
+(:class:`PixelInput`). The *encoder id* names model and preprocessing, and the *features id*
+adds the forward's precision (``-bf16``), so cached features never mix two preprocessings or
+two precisions.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ fp32 forward; 2 cores of an H100 host's Xeon: EfficientNet-Lite0 1.83x, ResNet-1
 everywhere else. Not on CUDA: on an H100 at batch 64 EfficientNet-Lite0 runs *slower* in bf16
 (9.4k against 12.6k img/s; its depthwise convolutions gain nothing) and ResNet-152 gains 1.2x
 (3.3k against 2.7k img/s), while the step end to end is bound by decoding (about 1.8k img/s on
-that host's 16 cores), so fp32 costs nothing there and is exact. Not on AVX-512 BF16 alone: measured on an Intel Xeon with AVX-512 BF16 and AMX hidden by its VM (2 cores,
-EfficientNet-Lite0 folded, batch 8, the allocator tuned), the fp32 channels_last forward runs at
+that host's 16 cores), so fp32 costs nothing there and is exact. Not on AVX-512 BF16 alone:
+measured on an Intel Xeon with AVX-512 BF16 and AMX hidden by its VM (2 cores, EfficientNet-Lite0 folded, batch 8, the allocator tuned), the fp32 channels_last forward runs at
 135-140 img/s and bf16 at 115-117, and fp32 is exact. (An AMD EPYC with AVX-512 BF16 measured
 bf16 2.3x faster in an earlier session, at batch 64 where the fp32 forward, with activations
 twice the size, spent much of its time page-faulting; that gap was largely the allocator's.)

@@ -82,13 +82,12 @@ class SpacyBackend:
                 f"(or name an installed model, e.g. en_core_web_sm, in text.spacy_model)"
             ) from exc
         self.batch_size, self.n_process = batch_size, n_process
+        # spaCy's attribute ruler by look-up (half of the pipeline's time with its Matcher): the pipeline
+        # stops before the ruler, and the look-up and the components after the ruler run on each document
         names = self.nlp.pipe_names
         lookup = lookup_attribute_ruler(self.nlp.get_pipe("attribute_ruler")) if "attribute_ruler" in names else None
-        # the ruler by look-up (half of the pipeline's time with spaCy's Matcher), then what follows it
-        self.after_tagging: list[Callable[[Any], Any]] = (
-            [lookup, *(self.nlp.get_pipe(n) for n in names[names.index("attribute_ruler") + 1 :])] if lookup else []
-        )
-        self.skipped = names[names.index("attribute_ruler") :] if lookup else []
+        self.skipped: list[str] = names[names.index("attribute_ruler") :] if lookup else []
+        self.after_tagging: list[Callable[[Any], Any]] = [lookup, *map(self.nlp.get_pipe, self.skipped[1:])] if lookup else []
 
     def docs(self, texts: Iterable[str]) -> Iterator[Any]:
         """spaCy's documents of the texts, as its full pipeline would annotate them."""
