@@ -196,12 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def temporary_prefect_server_defaults() -> None:
+    """Settings of the temporary Prefect server a run starts, unless the user chose otherwise
+    (read from the environment when Prefect is first imported and by the server process).
+
+    * No usage telemetry: it is on by default, and offline it prints an ERROR line in every run.
+    * 120 s to start instead of Prefect's 20: a new server migrates its fresh SQLite database
+      first, which took 18 s on a busy 2-core machine (and then every run and test failed with
+      "Timed out while attempting to connect to ephemeral Prefect API server")."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # The temporary Prefect server a run starts sends anonymous usage telemetry by default;
-    # webvse runs offline, where that prints an ERROR line in every run. Off unless the user
-    # chose otherwise (read by the server process, which starts later).
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    temporary_prefect_server_defaults()
     from flows import commands  # torch, Prefect, pandas: loaded for a command, never for --help
 
     handlers = {

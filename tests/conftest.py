@@ -7,10 +7,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# Prefect: a private home (its database and settings) and no telemetry, before any import of it;
-# a developer's PREFECT_API_URL must not send test runs to their server.
+from flows.cli import temporary_prefect_server_defaults  # the parser only: no Prefect, no torch
+
+# Prefect: a private home (its database and settings), the CLI's settings of its temporary server
+# (no telemetry, time to start), before any import of it; a developer's PREFECT_API_URL must not
+# send test runs to their server.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="webvse-prefect-home-")
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+temporary_prefect_server_defaults()
 os.environ.pop("PREFECT_API_URL", None)
 # webvse's per-user state (the hourly Flickr budget per key) goes to this run's own folder
 os.environ["WEBVSE_STATE_DIR"] = tempfile.mkdtemp(prefix="webvse-state-")

@@ -125,6 +125,7 @@ def test_decode_threads_give_the_same_batches_in_order(tmp_path: Path) -> None:
     assert [b[2] for b in threaded] == [b[2] for b in inline] == [[], [(5, "zero bytes")], [], []]
     for (_, got, _), (_, expected, _) in zip(threaded, inline, strict=True):
         assert got is not None and expected is not None and got.dtype == torch.uint8 and torch.equal(got, expected)
+        assert got.is_contiguous(memory_format=torch.channels_last)  # as the network wants it: no conversion
     one_by_one = list(decoded_batches(names, pixels, batch_size=1, threads=2))  # 12 batches: more than it runs ahead
     assert [b[0] for b in one_by_one] == [[i] if i != 5 else [] for i in range(12)]
     assert [b[2] for b in one_by_one if b[2]] == [[(5, "zero bytes")]]
@@ -182,7 +183,7 @@ def test_resnet152_from_a_local_weights_file(tmp_path: Path) -> None:
     spec, net, head = build_encoder("resnet152", str(tmp_path / "resnet152.pth"))
     with torch.inference_mode():
         out = net(torch.zeros(2, 3, 224, 224))
-    assert spec.encoder_id == "resnet152-r256c224-imagenet" and out.shape == (2, 2048) and head.out_features == 1000
+    assert spec.encoder_id == "resnet152-dct256-r256c224-imagenet" and out.shape == (2, 2048) and head.out_features == 1000
     from webvse_model.cnn import EncoderUnavailable
 
     with pytest.raises(EncoderUnavailable, match="does not exist"):
@@ -207,12 +208,13 @@ def test_the_folded_network_computes_the_unfolded_ones_features() -> None:
     from sklearn.datasets import load_sample_images
 
     images = [Image.fromarray(a) for a in load_sample_images().images]  # two real photos
-    # the reference: torchvision's own preprocessing (float per image), the unfolded network
-    reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize((127 / 255,) * 3, (128 / 255,) * 3)])
+    pixels = torch.stack([spec.pixels()(i) for i in images])
+    # the reference: torchvision's own normalisation (float per image) of the same pixels, the unfolded network
+    normalise = T.Normalize((127 / 255,) * 3, (128 / 255,) * 3)
     with torch.inference_mode():
-        unfolded_input = torch.stack([reference(i) for i in images])
+        unfolded_input = torch.stack([normalise(p.float() / 255) for p in pixels])
         expected = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(unfolded.eval().extract_features(unfolded_input), 1), 1)
-        got = folded(torch.stack([spec.pixels()(i) for i in images]))
+        got = folded(pixels)
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
     assert spec.features_id(True).endswith("-bf16-folded") and spec.features_id(False) == spec.encoder_id
 
@@ -235,3 +237,78 @@ def test_pixel_input_normalises_as_torchvision_does(normalisation: str) -> None:
     expected = torch.stack([T.Normalize(mean, std)(T.ToTensor()(i)) for i in images])
     assert got.dtype == torch.float32 and seen[0].is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(got, expected, atol=1e-6, rtol=0), (got - expected).abs().max()
+
+
+def test_pixels_are_torchvisions_resize_and_centre_crop() -> None:
+    """The torch-kernel resize gives torchvision's Resize(256) + CenterCrop(224) on Pillow: the same
+    geometry for every shape (landscape, portrait, smaller than the crop, a sliver), identical
+    values on the shared data's squares (224, 128), and elsewhere no value off by more than 1 and few off at all (a wrong
+    interpolation, no antialiasing, a crop off by one row or the channels swapped are all far more)."""
+    reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
+    pixels = build_encoder("efficientnet-lite0")[0].pixels()
+    from sklearn.datasets import load_sample_images
+
+    photo = Image.fromarray(load_sample_images().images[0])  # a real photo, 640 x 427
+    differing = total = 0
+    for size in [(640, 427), (427, 640), (1000, 750), (300, 300), (256, 256), (224, 224), (128, 128), (100, 60), (900, 20)]:
+        image = photo.resize(size, Image.Resampling.BICUBIC)
+        got, expected = pixels(image), reference(image)
+        assert got.dtype == torch.uint8 and got.shape == expected.shape == (3, 224, 224), size
+        gap = (got.int() - expected.int()).abs()
+        assert gap.max() <= (0 if size in ((224, 224), (128, 128), (256, 256)) else 1), size
+        differing, total = differing + int((gap > 0).sum()), total + gap.numel()
+    assert differing / total < 0.01
+    grey = photo.convert("L")  # a mode other than RGB is converted, not passed through with one channel
+    assert torch.equal(pixels(grey), pixels(grey.convert("RGB")))
+
+
+def test_jpegs_decode_no_larger_than_the_resize_needs(tmp_path: Path, lite0: tuple) -> None:
+    """A large JPEG is decoded at the smallest DCT scale whose short side still covers 256 pixels
+    (the resize would discard the rest); smaller ones and other formats decode whole; the feature
+    barely moves (bf16's own order of change)."""
+    from sklearn.datasets import load_sample_images
+
+    from tasks.imaging.features import cnn_pixels
+
+    photo = Image.fromarray(load_sample_images().images[1])
+    sizes = {"camera.jpg": (2048, 1536), "medium.jpg": (1100, 520), "small.jpg": (500, 375), "large.png": (2048, 1536)}
+    for name, size in sizes.items():
+        photo.resize(size, Image.Resampling.BICUBIC).save(tmp_path / name, quality=92)
+    assert load_rgb(tmp_path / "camera.jpg", at_least=256).size == (512, 384)  # 1/4: 1/8 would be 256 x 192
+    assert load_rgb(tmp_path / "medium.jpg", at_least=256).size == (550, 260)  # 1/2 keeps a short side of 260
+    assert load_rgb(tmp_path / "small.jpg", at_least=256).size == (500, 375)
+    assert load_rgb(tmp_path / "large.png", at_least=256).size == (2048, 1536)
+    assert load_rgb(tmp_path / "camera.jpg").size == (2048, 1536)  # no at_least: whole (thumbnails, display)
+    spec, net, _ = lite0
+    with torch.inference_mode():
+        drafted = net(torch.stack([cnn_pixels(tmp_path / "camera.jpg", spec.pixels())]))
+        whole = net(torch.stack([spec.pixels()(load_rgb(tmp_path / "camera.jpg"))]))
+        from_png = net(torch.stack([cnn_pixels(tmp_path / "large.png", spec.pixels())]))
+    assert torch.nn.functional.cosine_similarity(drafted, whole).item() > 0.99
+    assert torch.nn.functional.cosine_similarity(whole, from_png).item() > 0.99
+
+
+def test_features_folders_name_their_encoder_precision_and_pixels() -> None:
+    """A features folder's name tells which encoder and precision made it, for today's names and the
+    earlier versions' (a model trained on them still serves); an unknown name is refused."""
+    from storage.errors import InputError
+    from webvse_model.cnn import encoder_of_features, encoder_spec
+
+    lite0, resnet = encoder_spec("efficientnet-lite0"), encoder_spec("resnet152")
+    assert lite0.features_id(False) == "efficientnet-lite0-dct256-r256c224-tflite"
+    assert lite0.features_id(True) == "efficientnet-lite0-dct256-r256c224-tflite-bf16-folded"
+    assert resnet.features_id(True) == "resnet152-dct256-r256c224-imagenet-bf16"
+    known = {
+        "efficientnet-lite0-dct256-r256c224-tflite": (lite0, False),
+        "efficientnet-lite0-dct256-r256c224-tflite-bf16-folded": (lite0, True),
+        "efficientnet-lite0-r256c224-tflite": (lite0, False),  # full decoding, Pillow's resize
+        "efficientnet-lite0-r256c224-tflite-bf16-folded": (lite0, True),
+        "efficientnet-lite0-r256c224-tflite-bf16": (lite0, True),  # before the folding
+        "resnet152-r256c224-imagenet-bf16": (resnet, True),
+        "resnet152-dct256-r256c224-imagenet": (resnet, False),
+    }
+    for name, (spec, bf16) in known.items():
+        assert encoder_of_features(name) == (spec, bf16), name
+    for unknown in ("efficientnet-lite0-r224c224-tflite", "resnet152-dct256-r256c224-tflite", "vgg16-r256c224-imagenet"):
+        with pytest.raises(InputError, match="names no known encoder"):
+            encoder_of_features(unknown)

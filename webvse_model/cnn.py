@@ -23,14 +23,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
-from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as TF
 
 from storage.errors import InputError, WebvseError
 from webvse_model.precision import feature_precision_suffix
 from webvse_model.settings import ENCODER_SHAPES
 
+RESIZE, CROP = 256, 224  # the paper's geometry, named in every encoder id
+# How pixels are made, named in every encoder id: a JPEG decoded at the smallest DCT scale that
+# still covers the resize, resized by torch's kernel (resized_centre_crop). The features of earlier
+# versions (full decoding, Pillow's resize) live under the legacy name; cosine to them >= 0.997.
+PIXELS_ID, LEGACY_PIXELS_ID = f"dct{RESIZE}-r{RESIZE}c{CROP}", "r256c224"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TFLITE_MEAN, TFLITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 
@@ -49,7 +56,7 @@ class EncoderSpec:
 
     @property
     def encoder_id(self) -> str:
-        return f"{self.name}-r256c224-{self.normalisation}"
+        return f"{self.name}-{PIXELS_ID}-{self.normalisation}"
 
     def features_id(self, bf16: bool) -> str:
         """The encoder id and the precision of the forward: the features' cache folder (bf16 rows
@@ -62,32 +69,59 @@ class EncoderSpec:
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return (IMAGENET_MEAN, IMAGENET_STD) if self.normalisation == "imagenet" else (TFLITE_MEAN, TFLITE_STD)
 
-    def pixels(self) -> T.Compose:
+    def pixels(self) -> Callable[[Image.Image], torch.Tensor]:
         """Image -> the network's input: ``uint8 [3, 224, 224]`` (resize 256, centre crop 224)."""
-        return T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
+        return resized_centre_crop
+
+
+def resized_centre_crop(image: Image.Image) -> torch.Tensor:
+    """An image's short side resized to 256 (bilinear, antialiased), its centre 224 x 224 as
+    ``uint8 [3, 224, 224]``: torchvision's ``Resize(256)``, ``CenterCrop(224)``, ``PILToTensor()``.
+
+    Resized by torch's uint8 kernel (AVX2) instead of Pillow's, which took two thirds of a small
+    photo's decoding: decoding as a whole 1.6x faster on a 224-pixel photo, 1.5x on a 500 x 375 one
+    (``benchmarks/bench_decode.py``), and decoding is what the features step waits on (in the loop
+    on the CPU; the limit on CUDA).
+    Identical to Pillow's output on the shared data's square photos (224 and 128 pixels); elsewhere
+    a value differs by 1 (of 255) in about 0.3 % of places (the kernels round their fixed-point
+    weights differently), which moves a feature by 0.2-0.6 % (cosine >= 0.99998): small, but not
+    float rounding, so the encoder id names it (PIXELS_ID)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    chw = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # a copy: Pillow's buffer is read-only
+    return TF.center_crop(TF.resize(chw, [RESIZE], antialias=True), [CROP, CROP])
 
 
 class PixelInput(nn.Module):
     """A feature extractor that takes uint8 pixels and normalises them itself, per batch.
 
-    ``(x / 255 - mean) / std`` as one multiply-add per element on the float copy, made directly
-    in channels_last: per image on the CPU the float conversion and normalisation of
-    ``ToTensor`` + ``Normalize`` cost 0.35 ms, more than decoding a 256-pixel JPEG (measured on
-    the 2-core development machine); batched here they cost a few hundredths. Equal to
-    ``Normalize(ToTensor(image))`` to float rounding (~1e-7)."""
+    ``(x / 255 - mean) / std`` as one multiply and one add per element on the float copy, made in
+    channels_last: per image on the CPU the float conversion and normalisation of ``ToTensor`` +
+    ``Normalize`` cost 0.35 ms, more than decoding a 256-pixel JPEG (measured on the 2-core
+    development machine); batched here they cost a few hundredths. In channels_last the channel
+    is the innermost of a row's values, so a per-channel ``[1, 3, 1, 1]`` factor broadcasts over a
+    run of 3 and does not vectorise (2.7 ms for 8 images on a 2-core AMD EPYC); multiplied instead
+    by the factors of a whole row (``width x 3`` of them), the same products take 0.24 ms. Equal
+    to ``Normalize(ToTensor(image))`` to float rounding (~1e-7)."""
 
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.net = net
         self.scale: torch.Tensor
         self.shift: torch.Tensor
-        std_t = torch.tensor(std).reshape(1, -1, 1, 1)
+        std_t = torch.tensor(std)
         self.register_buffer("scale", 1 / (255 * std_t), persistent=False)
-        self.register_buffer("shift", -torch.tensor(mean).reshape(1, -1, 1, 1) / std_t, persistent=False)
+        self.register_buffer("shift", -torch.tensor(mean) / std_t, persistent=False)
+
+    def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``uint8 [B, 3, H, W]`` pixels -> the network's float input, channels_last."""
+        x = pixels.to(dtype=torch.float32, memory_format=torch.channels_last)
+        batch, channels, height, width = x.shape
+        rows = x.permute(0, 2, 3, 1).view(batch * height, width * channels)  # the same memory, row by row
+        rows.mul_(self.scale.repeat(width)).add_(self.shift.repeat(width))
+        return x
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.to(dtype=torch.float32, memory_format=torch.channels_last)
-        features: torch.Tensor = self.net(x.mul_(self.scale).add_(self.shift))
+        features: torch.Tensor = self.net(self.normalised(pixels))
         return features
 
 
@@ -214,13 +248,17 @@ def build_encoder(name: str, weights_path: str | None = None) -> tuple[EncoderSp
 
 
 def encoder_of_features(features_id: str) -> tuple[EncoderSpec, bool]:
-    """The encoder and precision (bf16 or not) that made a features folder, from its name."""
+    """The encoder and precision (bf16 or not) that made a features folder, from its name.
+
+    Earlier versions' names are known too, so that a model trained on them still serves (its
+    queries are encoded the current way, cosine >= 0.997 to the old): the legacy pixels id (full
+    decoding, Pillow's resize) and bf16 rows of the network before it was folded (no ``-folded``)."""
     for spec in ENCODERS.values():
         for bf16 in (False, True):
-            if spec.features_id(bf16) == features_id:
+            current = spec.features_id(bf16)
+            legacy = current.replace(f"-{PIXELS_ID}-", f"-{LEGACY_PIXELS_ID}-")
+            if features_id in (current, legacy, legacy.removesuffix("-folded")):
                 return spec, bf16
-        if spec.folded and features_id == spec.encoder_id + feature_precision_suffix(True):
-            return spec, True  # bf16 rows of the network before it was folded (a run trained on them still serves)
     raise InputError(f"{features_id!r} names no known encoder's features (known: {sorted(ENCODERS)})")
 
 

@@ -31,7 +31,7 @@ from PIL import Image
 from storage.errors import InputError, MissingInputError, WebvseError
 from storage.layout import INDEX_CAPTIONS_FILE, INDEX_ITEMS_FILE, INDEX_IVF_FILE, VOCAB_FILE
 from storage.tables import index_captions_schema, index_items_schema, read_arrow, vectors_matrix
-from tasks.imaging.features import decode_rgb
+from tasks.imaging.features import cnn_pixels, decode_rgb
 from tasks.serving.index import model_checkpoint, read_manifest
 from tasks.serving.vector_search import Neighbours, VectorSearch
 from tasks.training.runs import final_stage_store
@@ -241,12 +241,12 @@ class Retriever:
             raise InputError("the upload is empty: choose an image file")
         if len(data) > MAX_UPLOAD_BYTES:
             raise InputError(f"the upload is {len(data) / 2**20:.1f} MB; at most {MAX_UPLOAD_BYTES // 2**20} MB")
+        transform, net, bf16 = self._cnn_parts()
         try:
-            image = decode_rgb(io.BytesIO(data))
+            pixels = cnn_pixels(io.BytesIO(data), transform)
         except InputError as problem:
             raise InputError(f"the upload is not an image this server can read: {problem}") from None
-        transform, net, bf16 = self._cnn_parts()
-        features = cnn_features(net, transform(image)[None], self.device, bf16)
+        features = cnn_features(net, pixels[None], self.device, bf16)
         with torch.inference_mode():
             return self.model.encode_images(features.to(self.device)).float().cpu().numpy()[0]
 
