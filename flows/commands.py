@@ -1,8 +1,10 @@
 """What each ``webvse`` command does, once its flags are parsed (:mod:`flows.cli` builds the parser).
 
 Composition only: every command calls a function of ``tasks`` or runs the ``webvse`` flow.
-Apart from the parser so that ``webvse --help`` and a mistyped flag answer at once: this module
-imports torch, Prefect and pandas, which :func:`flows.cli.main` loads only to run a command.
+Apart from the parser so that ``webvse --help`` and a mistyped flag answer at once. Each command
+imports the parts of ``tasks`` it calls (torch, Prefect, spaCy, gensim: ~10 s on 2 cores), after
+its own input is checked: a missing configuration file, a bad ``--set`` or an unknown run is one
+line within a second or two, and ``webvse models`` never loads torch.
 """
 
 from __future__ import annotations
@@ -13,18 +15,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
-from prefect import tags
 
 from flows.config_flags import flag_overrides
 from storage.errors import InputError, MissingInputError
 from storage.layout import REPORT_DIR, DataRoot
-from tasks.data.flickr8k import flickr8k_to_karpathy
-from tasks.data.training_data import DataSource, has_web_data
-from tasks.orchestration import brief_known_errors, shield_temporary_server_from_ctrl_c
 from tasks.pipeline_config import (
     PipelineConfig,
     Step,
@@ -33,12 +30,10 @@ from tasks.pipeline_config import (
     load_config,
     merge_dotted,
 )
-from tasks.reporting.evaluation import evaluate_run, format_table, model_in_use, run_source
-from tasks.serving.index import index_dir, index_is_current, index_run
-from tasks.serving.retrieval import Answer, Retriever
-from tasks.steps.world import Faults, advance_clock, import_mirflickr, serve_corpus
-from tasks.training.promotion import NIGHTS_PLOT, model_history, rollback
-from tasks.training.runs import RunSettings, run_settings, train_run
+
+if TYPE_CHECKING:
+    from tasks.serving.retrieval import Answer, Retriever
+    from tasks.training.runs import RunSettings
 
 
 def describe_step(step: str, value: Any, config: PipelineConfig) -> list[str]:
@@ -73,6 +68,8 @@ def describe_step(step: str, value: Any, config: PipelineConfig) -> list[str]:
 def _settings(args: argparse.Namespace) -> RunSettings:
     """The ``train`` command's flags as the flow's ``train`` section, made into settings in the one way."""
     config = config_from_dict(merge_dotted({}, flag_overrides(args)), "command line")
+    from tasks.training.runs import run_settings
+
     return run_settings(config.train, args.device, precision=args.precision)
 
 
@@ -98,6 +95,10 @@ def _resolve_run(root: DataRoot, run: str | None) -> Path:
 def cmd_train(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
     run_id = args.run_id or time.strftime("run-%Y%m%d-%H%M%S")
+    settings = _settings(args)
+    from tasks.data.training_data import DataSource, has_web_data
+    from tasks.training.runs import train_run
+
     if args.precomp:
         source = DataSource(args.precomp, "precomp", args.captions_per_image, val_split=args.val_split or "dev")
     else:
@@ -108,7 +109,6 @@ def cmd_train(args: argparse.Namespace) -> None:
             val_split=args.val_split or "val",
             feature_model=args.feature_model,
         )
-    settings = _settings(args)
     if settings.stage2 is not None and settings.stage1.lambda_tag == 0:
         print("the baseline (--lambda-tag 0) is Stage I only, as in the flow")
         settings = replace(settings, stage2=None)
@@ -125,6 +125,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     run = _resolve_run(DataRoot.resolve(args.data_root), args.run)
+    from tasks.reporting.evaluation import evaluate_run, format_table
+
     print(format_table(evaluate_run(run, args.split, args.protocol, args.device)))
     print(f"written: {run / 'evaluation.parquet'}")
 
@@ -142,7 +144,10 @@ def _run_flow(
     config_name: str = "defaults",
     nightly: bool = False,
 ) -> dict[str, Any]:
+    from prefect import tags
+
     from flows.pipeline import task_runner, webvse  # Prefect starts its ephemeral API on first use: only when a flow runs
+    from tasks.orchestration import brief_known_errors, shield_temporary_server_from_ctrl_c
 
     brief_known_errors()
     shield_temporary_server_from_ctrl_c()
@@ -157,6 +162,10 @@ def _run_flow(
 
 
 def _print_outcome(config: PipelineConfig, outcome: dict[str, Any]) -> None:
+    import pandas as pd
+
+    from tasks.reporting.evaluation import format_table
+
     if outcome["results"]:
         split = config.evaluate.split or "test"
         print(f"\n{split} split, protocol {config.evaluate.protocol}:")
@@ -223,8 +232,11 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     if args.losses is not None:
         args.set.append(f"experiment.losses={args.losses}")
     config = _config_from_args(args, base=demo_config())
+    from prefect import tags
+
     from flows.experiment import experiment
     from flows.pipeline import task_runner
+    from tasks.orchestration import brief_known_errors, shield_temporary_server_from_ctrl_c
 
     brief_known_errors()
     shield_temporary_server_from_ctrl_c()
@@ -240,6 +252,10 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
 def open_index(args: argparse.Namespace) -> Retriever:
     """The index of the chosen run and collection; built first (the flow's index step) when missing or stale."""
+    from tasks.reporting.evaluation import run_source
+    from tasks.serving.index import index_dir, index_is_current, index_run
+    from tasks.serving.retrieval import Retriever
+
     root = DataRoot.resolve(args.data_root)
     run = _resolve_run(root, args.run) if args.run else index_run(root, None)
     folder = index_dir(run, args.collection, args.folder)
@@ -271,11 +287,11 @@ def _print_answer(answer: Answer, retriever: Retriever) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     if (args.query is None) == (args.image is None):
         raise InputError("give either a query (text -> images) or --image FILE (image -> captions)")
+    image = Path(args.image) if args.image is not None else None
+    if image is not None and not image.is_file():
+        raise MissingInputError(f"no image file {image}")
     retriever = open_index(args)
-    if args.image is not None:
-        image = Path(args.image)
-        if not image.is_file():
-            raise MissingInputError(f"no image file {image}")
+    if image is not None:
         answer = retriever.captions_for_upload(image.read_bytes(), image.name, args.k, args.page)
     else:
         answer = retriever.text_to_images(args.query, args.k, args.page)
@@ -295,6 +311,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    from tasks.training.model_registry import NIGHTS_PLOT, model_history, model_in_use
+
     root = DataRoot.resolve(args.data_root)
     history = model_history(root)
     if history.empty:
@@ -307,11 +325,15 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
+    from tasks.training.promotion import rollback
+
     root = DataRoot.resolve(args.data_root)
     rollback(root, _resolve_run(root, args.to) if args.to else None)
 
 
 def cmd_flickr_server(args: argparse.Namespace) -> None:
+    from tasks.steps.world import Faults, serve_corpus
+
     faults = Faults(
         error_rate=args.error_rate, throttle_rate=args.throttle_rate, slow_rate=args.slow_rate, slow_seconds=args.slow_seconds,
         truncated_json_rate=args.truncated_json_rate, truncated_image_rate=args.truncated_image_rate,
@@ -325,6 +347,8 @@ def cmd_step(args: argparse.Namespace) -> None:
     step = args.command
     root = DataRoot.resolve(args.data_root)
     if step == "world" and args.next_night:
+        from tasks.steps.world import advance_clock
+
         now = advance_clock(root.world_corpus_dir)
         print(
             f"{root.world_corpus_dir}: it is now {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(now))}; the next crawl sees that day's uploads"
@@ -348,6 +372,8 @@ def cmd_import_flickr8k(args: argparse.Namespace) -> None:
     if captions is None:
         raise MissingInputError(f"{source} has neither captions.csv (with the standard split) nor captions.txt (Kaggle's format)")
     target = root.root / "flickr8k" / "dataset_flickr8k.json"
+    from tasks.data.flickr8k import flickr8k_to_karpathy
+
     summary = flickr8k_to_karpathy(captions, source / "images", target)
     print(f"{captions}: split from {summary.split_source}")
     print(f"{summary.counts} images -> {target}")
@@ -363,6 +389,8 @@ def cmd_import_flickr8k(args: argparse.Namespace) -> None:
 def cmd_import_mirflickr(args: argparse.Namespace) -> None:
     root = DataRoot.resolve(args.data_root)
     target = root.root / "mirflickr" / "corpus"
+    from tasks.steps.world import import_mirflickr
+
     result = import_mirflickr(args.source, target)
     print(f"{result.photos} photos -> {result.table} (images stay in {Path(args.source).resolve() / 'images'})")
     if result.missing_images or result.without_tags:

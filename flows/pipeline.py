@@ -36,7 +36,6 @@ from tasks.data.training_data import DataSource
 from tasks.imaging.features import features_id
 from tasks.orchestration import StepOutcome, StepPlan, concurrently, configured
 from tasks.pipeline_config import PipelineConfig, Step
-from tasks.reporting.evaluation import model_in_use
 from tasks.steps.crawl import crawl_night, crawl_step
 from tasks.steps.evaluate import evaluate_step
 from tasks.steps.features import feature_chunks_step, features_shard_step, features_step
@@ -47,6 +46,7 @@ from tasks.steps.training import stage1_step, stage2_step
 from tasks.steps.vectors import vectors_step
 from tasks.steps.world import world_corpus_step, world_step
 from tasks.training.core_share import trains_side_by_side
+from tasks.training.model_registry import model_in_use
 from tasks.training.promotion import test_rsum_of
 from tasks.training.runs import run_settings
 

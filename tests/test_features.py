@@ -262,6 +262,27 @@ def test_pixels_are_torchvisions_resize_and_centre_crop() -> None:
     assert torch.equal(pixels(grey), pixels(grey.convert("RGB")))
 
 
+@pytest.mark.parametrize("cpu", ["this one", "without AVX2"])
+def test_pixels_equal_torchvisions_tensor_resize_without_importing_it(cpu: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exactly torchvision's tensor ``resize`` + ``center_crop`` (the pixels the encoder id names), on
+    this CPU's uint8 kernel and on the float path torchvision takes where that kernel is missing; and
+    computing them does not import torchvision (3.4 s of every process's start)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if cpu == "without AVX2":  # torchvision and webvse ask torch the same question
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    pixels = build_encoder("efficientnet-lite0")[0].pixels()
+    rng = np.random.default_rng(3)
+    for width, height in [(640, 427), (427, 640), (257, 255), (256, 256), (224, 224), (100, 60), (900, 20), (20, 900)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        expected = TF.center_crop(TF.resize(chw, [256], antialias=True), [224, 224])
+        assert torch.equal(pixels(image), expected), (width, height)
+    code = "import sys; from PIL import Image; from webvse_model.cnn import resized_centre_crop; "
+    code += "resized_centre_crop(Image.new('RGB', (300, 200))); print('torchvision' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 def test_jpegs_decode_no_larger_than_the_resize_needs(tmp_path: Path, lite0: tuple) -> None:
     """A large JPEG is decoded at the smallest DCT scale whose short side still covers 256 pixels
     (the resize would discard the rest); smaller ones and other formats decode whole; the feature

@@ -19,7 +19,8 @@ from tasks.crawling.crawler import run_crawl
 from tasks.crawling.flickr_client import Credentials
 from tasks.crawling.state import KEYWORD_DONE, CrawlState
 from tasks.pipeline_config import PromoteConfig
-from tasks.reporting.evaluation import latest_runs, model_in_use
+from tasks.reporting.evaluation import latest_runs
+from tasks.training.model_registry import model_in_use
 from tasks.training.promotion import decide, rollback
 from webvse_world.flickr_server import DEFAULT_KEY, FlickrServer
 from webvse_world.web import DAY, advance_clock, read_clock, write_clock

@@ -22,12 +22,13 @@ import torch
 from storage.atomic import atomic_write_text
 from storage.checkpoints import CheckpointStore
 from storage.errors import MissingInputError
-from storage.layout import CONFIG_FILE, EVALUATION_FILE, METRICS_FILE, REPORT_DIR, VOCAB_FILE, DataRoot
+from storage.layout import EVALUATION_FILE, METRICS_FILE, REPORT_DIR, VOCAB_FILE, DataRoot
 from storage.tables import CLEAN_IMAGES, RUN_EVALUATION, RUN_METRICS, read_table, write_table
 from tasks.data.training_data import DataSource, load_split, read_split
 from tasks.imaging.features import unreadable_images
 from tasks.pipeline_config import EvaluateConfig
 from tasks.reporting.plots import RankedQueries, plot_recall_curves, plot_training, retrieval_examples
+from tasks.training.model_registry import model_in_use
 from tasks.training.runs import read_run_config
 from webvse_model.data import CaptionedImages
 from webvse_model.inference import embed_split
@@ -188,19 +189,6 @@ def report_runs(
     atomic_write_text(folder / "results.md", markdown)
     files.append(folder / "results.md")
     return Report(table, markdown, files)
-
-
-def model_in_use(root: DataRoot) -> Path | None:
-    """The run of the model in use (``runs/in_use.json``, see :mod:`tasks.training.promotion`); None before the first promotion."""
-    if not root.in_use_file.is_file():
-        return None
-    recorded = json.loads(root.in_use_file.read_text(encoding="utf-8"))
-    run = Path(os.path.normpath(root.runs_dir / recorded["run"]))
-    if not (run / CONFIG_FILE).is_file():
-        raise MissingInputError(
-            f"{root.in_use_file} names {run}, which is not a run folder any more: 'webvse rollback --to RUN' sets another"
-        )
-    return run
 
 
 def latest_runs(root: DataRoot) -> dict[str, str]:

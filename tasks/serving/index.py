@@ -52,10 +52,11 @@ from storage.tables import (
 )
 from tasks.imaging.features import compute_features
 from tasks.imaging.settings import FeatureSettings
-from tasks.reporting.evaluation import model_in_use, run_source
+from tasks.reporting.evaluation import run_source
 from tasks.serving.collection import collection_items, collection_name
 from tasks.serving.index_settings import IndexSettings
 from tasks.serving.vector_search import VectorSearch
+from tasks.training.model_registry import model_in_use
 from tasks.training.runs import final_stage_store
 from webvse_model.cnn import encoder_of_features
 from webvse_model.data import pad_token_ids

@@ -15,7 +15,8 @@ from storage.layout import REPORT_DIR, DataRoot
 from tasks.orchestration import pipeline_task, step_logger
 from tasks.pipeline_config import PromoteConfig
 from tasks.reporting.evaluation import artifact_suffix
-from tasks.training.promotion import NIGHTS_PLOT, model_history, promote
+from tasks.training.model_registry import NIGHTS_PLOT, model_history
+from tasks.training.promotion import promote
 from tasks.training.runs import final_stage_store
 
 

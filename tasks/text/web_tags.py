@@ -28,10 +28,8 @@ module is that decision, so the crawl and the tag features agree on it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
-
-from wordfreq import zipf_frequency
 
 from storage.errors import InputError, MissingInputError
 from storage.layout import VECTORS_FILE, DataRoot
@@ -69,15 +67,20 @@ class WordfreqEnglish:
     MARGIN = 1.0
     OTHER_LANGUAGES = ("es", "it", "fr", "de", "pt", "nl")
 
+    def __init__(self) -> None:
+        # imported by the one that judges tags: wordfreq finds its data with inspect.stack(),
+        # which took 1-2 s of every process's start (every webvse command, every worker)
+        from wordfreq import zipf_frequency
+
+        self._zipf: Callable[[str, str], float] = zipf_frequency
+
     def __contains__(self, word: object) -> bool:
         if not isinstance(word, str) or not word.isalpha():
             return False
-        english = zipf_frequency(word, "en")
+        english = self._zipf(word, "en")
         if english >= self.COMMON_ZIPF:
             return True
-        return english >= self.MIN_ZIPF and all(
-            english + self.MARGIN > zipf_frequency(word, other) for other in self.OTHER_LANGUAGES
-        )
+        return english >= self.MIN_ZIPF and all(english + self.MARGIN > self._zipf(word, other) for other in self.OTHER_LANGUAGES)
 
     def knows(self, word: str) -> bool:
         return word in self
@@ -85,7 +88,7 @@ class WordfreqEnglish:
     def joinable(self, word: str) -> bool:
         """Only common words may be the parts of a joined tag (``bluesky``), else rare fragments
         split anything (``hosres`` -> ``hos`` + ``res``)."""
-        return zipf_frequency(word, "en") >= self.COMMON_ZIPF
+        return self._zipf(word, "en") >= self.COMMON_ZIPF
 
 
 class CaptionVocabulary(frozenset[str]):

@@ -11,30 +11,34 @@ model in use is ``runs/in_use.json``, which ``webvse search`` and ``re-evaluate`
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from storage.atomic import atomic_write_text
 from storage.errors import InputError
 from storage.layout import CONFIG_FILE, REPORT_DIR, VOCAB_FILE, DataRoot
-from storage.tables import CRAWL_NIGHTS, MODELS, WEB_PHOTOS, read_table, write_table
+from storage.tables import CRAWL_NIGHTS, WEB_PHOTOS, read_table
 from tasks.data.training_data import load_split
-from tasks.reporting.evaluation import model_in_use, run_source
+from tasks.reporting.evaluation import run_source
 from tasks.reporting.plots import plot_nights
+from tasks.training.model_registry import (
+    NIGHTS_PLOT,
+    model_history,
+    model_in_use,
+    now_utc,
+    record_decision,
+    relative_to_runs,
+    set_in_use,
+)
 from tasks.training.runs import final_stage_store
 from webvse_model.inference import evaluate_split
 from webvse_model.text import Vocabulary
 from webvse_model.train import load_model, pick_device
-
-NIGHTS_PLOT = "nights.png"
 
 
 @dataclass(frozen=True)
@@ -63,29 +67,7 @@ def validation_rsum(run: str | Path, device: str = "auto") -> float:
     return float(evaluate_split(load_model(final_stage_store(run), "best", dev), data, source.captions_per_image).rsum)
 
 
-# ------------------------------------------------------------------ the pointer and the history
-def _relative(root: DataRoot, run: Path | None) -> str:
-    return "" if run is None else os.path.relpath(run.absolute(), root.runs_dir)
-
-
-def _set_in_use(root: DataRoot, run: Path) -> None:
-    atomic_write_text(root.in_use_file, json.dumps({"run": _relative(root, run), "since": _now()}, indent=2))
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def model_history(root: DataRoot) -> pd.DataFrame:
-    return read_table(root.models_history, MODELS) if root.models_history.is_file() else pd.DataFrame(columns=MODELS.columns)
-
-
-def _record(root: DataRoot, row: dict[str, Any]) -> pd.DataFrame:
-    history = pd.concat([model_history(root), pd.DataFrame([row])], ignore_index=True)
-    write_table(root.models_history, history, MODELS)
-    return history
-
-
+# ------------------------------------------------------------------ the history's inputs
 def crawl_growth(root: DataRoot) -> tuple[int, int]:
     """(kept web photos in all, photos the last crawl night added)."""
     kept = int((read_table(root.web_photos, WEB_PHOTOS)["status"] == "kept").sum()) if root.web_photos.is_file() else 0
@@ -107,14 +89,14 @@ def promote(
     decision = decide(candidate_score, in_use_score, margin)
     web_photos, new_photos = crawl_growth(root)
     row = {
-        "decided_at": _now(), "night": night, "candidate": _relative(root, candidate), "candidate_val_rsum": candidate_score,
-        "in_use": _relative(root, in_use), "in_use_val_rsum": math.nan if in_use_score is None else in_use_score,
+        "decided_at": now_utc(), "night": night, "candidate": relative_to_runs(root, candidate), "candidate_val_rsum": candidate_score,
+        "in_use": relative_to_runs(root, in_use), "in_use_val_rsum": math.nan if in_use_score is None else in_use_score,
         "margin": margin, "promoted": decision.promoted, "reason": decision.reason,
         "test_rsum": math.nan if test_rsum is None else test_rsum, "web_photos": web_photos, "new_photos": new_photos,
     }  # fmt: skip
     if decision.promoted:
-        _set_in_use(root, candidate)
-    history = _record(root, row)
+        set_in_use(root, candidate)
+    history = record_decision(root, row)
     plot_history(root, history)
     log(f"promote: {'promoted' if decision.promoted else 'not promoted'} {candidate.name}: {decision.reason}")
     return {**row, "in_use": str(candidate if decision.promoted else in_use)}
@@ -137,11 +119,11 @@ def rollback(root: DataRoot, to: str | Path | None = None, log: Callable[[str], 
         if not earlier:
             raise InputError(f"no model was promoted before {current.name if current else 'now'}: nothing to roll back to")
         target = earlier[-1]
-    _set_in_use(root, target)
+    set_in_use(root, target)
     web_photos, _ = crawl_growth(root)
-    _record(root, {
-        "decided_at": _now(), "night": "rollback", "candidate": _relative(root, target), "candidate_val_rsum": math.nan,
-        "in_use": _relative(root, current), "in_use_val_rsum": math.nan, "margin": math.nan, "promoted": True,
+    record_decision(root, {
+        "decided_at": now_utc(), "night": "rollback", "candidate": relative_to_runs(root, target), "candidate_val_rsum": math.nan,
+        "in_use": relative_to_runs(root, current), "in_use_val_rsum": math.nan, "margin": math.nan, "promoted": True,
         "reason": "rolled back by hand", "test_rsum": math.nan, "web_photos": web_photos, "new_photos": 0,
     })  # fmt: skip
     log(f"rollback: {target.name} is the model in use again (was {current.name if current else 'none'})")
