@@ -1,4 +1,4 @@
-"""Which model is in use, and when a new one replaces it.
+"""When a new model replaces the one in use.
 
 A pipeline run ends with a *candidate*: the run of its final model (Stage II of the
 webly run, or of the night's continued run). The candidate replaces the model in use only
@@ -6,7 +6,9 @@ if its validation rsum beats the in-use model's by more than ``promote.margin``;
 measured now, on the same clean validation split, so the comparison is fair even when
 the in-use model was validated on an older copy of it. Every decision (and every
 rollback) is a row of ``runs/models.parquet`` with both scores and the reason; the
-model in use is ``runs/in_use.json``, which ``webvse search`` and ``re-evaluate`` read.
+model in use is ``runs/in_use.json``, which ``webvse search`` and ``re-evaluate`` read. Both
+records are read and written by :mod:`tasks.training.model_registry` (no torch); this module
+decides, which means evaluating the candidate.
 """
 
 from __future__ import annotations
