@@ -136,6 +136,15 @@ def run_tags(config: PipelineConfig, config_name: str) -> list[str]:
     return [f"data-root:{config.root.root}", f"config:{config_name}"]
 
 
+def _ready_for_a_flow() -> None:
+    """Known step errors logged in brief, and the temporary Prefect server kept alive through a Ctrl-C
+    (the run records its state there), before a flow starts in this process."""
+    from tasks.orchestration import brief_known_errors, shield_temporary_server_from_ctrl_c
+
+    brief_known_errors()
+    shield_temporary_server_from_ctrl_c()
+
+
 def _run_flow(
     config: PipelineConfig,
     steps: list[Step] | None,
@@ -147,10 +156,8 @@ def _run_flow(
     from prefect import tags
 
     from flows.pipeline import task_runner, webvse  # Prefect starts its ephemeral API on first use: only when a flow runs
-    from tasks.orchestration import brief_known_errors, shield_temporary_server_from_ctrl_c
 
-    brief_known_errors()
-    shield_temporary_server_from_ctrl_c()
+    _ready_for_a_flow()
 
     flow_run = webvse.with_options(task_runner=task_runner(*runner))
     print(f"task runner: {type(flow_run.task_runner).__name__}", flush=True)
@@ -236,10 +243,8 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
     from flows.experiment import experiment
     from flows.pipeline import task_runner
-    from tasks.orchestration import brief_known_errors, shield_temporary_server_from_ctrl_c
 
-    brief_known_errors()
-    shield_temporary_server_from_ctrl_c()
+    _ready_for_a_flow()
 
     started = time.perf_counter()
     with tags(*run_tags(config, Path(args.config).name if args.config else "demo")):
@@ -325,10 +330,11 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
+    root = DataRoot.resolve(args.data_root)
+    target = _resolve_run(root, args.to) if args.to else None
     from tasks.training.promotion import rollback
 
-    root = DataRoot.resolve(args.data_root)
-    rollback(root, _resolve_run(root, args.to) if args.to else None)
+    rollback(root, target)
 
 
 def cmd_flickr_server(args: argparse.Namespace) -> None:

@@ -47,6 +47,7 @@ def test_train_then_evaluate(tiny_precomp: Path, tmp_path: Path, capsys: pytest.
         (["run", "--config", "/no/such/config.yaml"], "configuration file /no/such/config.yaml does not exist", set()),
         (["run", "--set", "train.epochs"], "--set wants KEY=VALUE", set()),
         (["search", "--image", "/no/such.jpg"], "no image file /no/such.jpg", set()),
+        (["rollback", "--to", "nope"], "no run 'nope' under", set()),
         (["models"], "", set()),
     ],
 )  # fmt: skip
