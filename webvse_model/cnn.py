@@ -96,17 +96,17 @@ def resized_centre_crop(image: Image.Image) -> torch.Tensor:
     chw = hwc.permute(2, 0, 1)  # [3, H, W] over the decoded memory: channels_last, as the kernel wants it
     if size != (height, width):
         chw = _resized(chw.unsqueeze(0), size)[0]
-    top, left = int(round((size[0] - CROP) / 2.0)), int(round((size[1] - CROP) / 2.0))
+    top, left = round((size[0] - CROP) / 2), round((size[1] - CROP) / 2)  # torchvision's anchor (half to even)
     return chw[:, top : top + CROP, left : left + CROP]
 
 
 def _resized(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear antialiased resize of uint8 pixels as torchvision does it: on uint8 directly where
     torch has the vectorised uint8 kernel (AVX2, AVX-512, ARM), else in float, rounded back."""
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64"):
-        return nn.functional.interpolate(batch, size=list(size), mode="bilinear", align_corners=False, antialias=True)
-    resized = nn.functional.interpolate(batch.float(), size=list(size), mode="bilinear", align_corners=False, antialias=True)
-    return resized.round_().to(torch.uint8)
+    native = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+    pixels = batch if native else batch.float()
+    resized = nn.functional.interpolate(pixels, size=list(size), mode="bilinear", align_corners=False, antialias=True)
+    return resized if native else resized.round_().to(torch.uint8)
 
 
 class PixelInput(nn.Module):
